@@ -1,0 +1,3 @@
+"""edit_data."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""edit_serve."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""editor_nets."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""graddecomp."""
+
+__all__: list[str] = []
