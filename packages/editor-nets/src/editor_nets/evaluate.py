@@ -1,0 +1,601 @@
+"""Evaluation of editors: edit success, drawdown, latency, in single, batched and sequential modes.
+
+Public API (for the pipeline and the CLI)::
+
+    evaluate_editors(model, tokenizer, editors: dict[str, Editor], records, *,
+                     modes=("single", "batched", "sequential"), batch_size=10, n_sequential=10,
+                     progress=True, score_batch_size=32, verify_restore=True) -> dict
+        # {"methods": {name: {single-mode metrics..., "batched": {...}, "sequential": {...}}},
+        #  "settings": {...}, "pre_edit": {...}}
+    evaluate_editor(model, tokenizer, editor, records, *, mode="single", batch_size=10,
+                    n_sequential=10, progress=True, pre=None, score_batch_size=32,
+                    verify_restore=True, name=None) -> dict
+    pre_edit_scores(model, tokenizer, records, *, score_batch_size=32, progress=False) -> list[RecordScores]
+    score_targets(model, tokenizer, prompts, targets, *, kind=None, batch_size=32) -> TargetScores
+    make_batch(model, tokenizer, prompts, targets, *, kind=None) -> dict[str, Tensor]
+    target_hits(kind, logits, labels) -> tuple[Tensor, Tensor, Tensor]   # correct [B], n_tokens [B], nll [B]
+    label_ids(model, labels: Sequence[str]) -> list[int]
+    editor_size(editor) -> dict[str, int]      # {"editor_params", "editor_bytes"}
+    restore(model, snapshot) -> None           # bitwise restore of a WeightSnapshot
+    model_kind_of(model) -> str                # "causal" | "seq2seq" | "classifier"
+
+Definitions (the MEND paper's, teacher-forced):
+
+* A target is *hit* when the argmax of the model's logits equals the target token at every
+  target position, with the gold prefix fed in (teacher forcing). For a classifier the
+  target is a label and a hit is a label flip to it. Token accuracy is the fraction of
+  target tokens predicted.
+* ES (edit success): the fraction of edits whose target is hit on the edit prompt
+  (``es_edit``) and, separately, on the in-scope rephrasings (``es_rephrase``: per edit the
+  fraction of its rephrasings hit, averaged over edits that have rephrasings).
+* DD (drawdown): accuracy of the locality answers before the edit minus after it, pooled
+  over every locality example of every edit (``dd_locality``), and separately for the hard
+  locality examples (``dd_hard_locality``). Positive means the edit broke something.
+  ``dd_ppl_locality`` is the locality answers' perplexity after minus before (positive =
+  worse); for ``"generation"`` records it is the main locality measure.
+* Modes: ``single`` edits one record at a time and restores the model (bitwise) after each;
+  ``batched`` applies one update for ``batch_size`` records; ``sequential`` applies
+  ``n_sequential`` edits one after another, then scores all of them, then restores.
+* Latency: wall time of ``editor.edit`` per edit (a batched edit's time is divided by its
+  size), median and 90th percentile in milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+__all__ = [
+    "MODES",
+    "RecordScores",
+    "TargetScores",
+    "editor_size",
+    "evaluate_editor",
+    "evaluate_editors",
+    "label_ids",
+    "make_batch",
+    "model_kind_of",
+    "pre_edit_scores",
+    "restore",
+    "score_targets",
+    "target_hits",
+]
+
+MODES = ("single", "batched", "sequential")
+
+WeightSnapshot = dict[str, Tensor]
+
+# Label names of the fact-checking (FEVER-style) claims of edit_data, used when the model's
+# config has no label2id of its own.
+DEFAULT_CLASS_LABELS = {"REFUTES": 0, "SUPPORTS": 1}
+
+
+class Editor(Protocol):
+    """The editor interface of the contract (MEND, FT, FT+KL, ...)."""
+
+    name: str
+
+    def edit(self, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> WeightSnapshot: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Model kinds, batches and teacher-forced target scores
+
+
+def model_kind_of(model: nn.Module) -> str:
+    """``"causal"``, ``"seq2seq"`` or ``"classifier"`` (``editor_nets.families.model_kind`` when present)."""
+    try:
+        from editor_nets.families import model_kind
+    except ImportError:  # the core module is optional for evaluation
+        model_kind = None
+    if model_kind is not None:
+        return model_kind(model)
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    if type(model).__name__.endswith(("ForSequenceClassification", "Classifier")):
+        return "classifier"
+    return "causal"
+
+
+def label_ids(model: nn.Module, labels: Sequence[str]) -> list[int]:
+    """Class ids of label names: digits as they are, else the model's ``config.label2id``
+    (case-insensitive), else the edit_data claim labels ``REFUTES=0, SUPPORTS=1``."""
+    label2id = dict(getattr(getattr(model, "config", None), "label2id", None) or {})
+    lower = {str(k).lower(): int(v) for k, v in label2id.items()}
+    out = []
+    for label in labels:
+        text = str(label).strip()
+        if text.lstrip("-").isdigit():
+            out.append(int(text))
+        elif text.lower() in lower:
+            out.append(lower[text.lower()])
+        elif text.upper() in DEFAULT_CLASS_LABELS:
+            out.append(DEFAULT_CLASS_LABELS[text.upper()])
+        else:
+            known = sorted(set(label2id) | set(DEFAULT_CLASS_LABELS))
+            raise ValueError(f"unknown class label {label!r}; known labels: {known} or an integer id")
+    n_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if n_labels is not None and any(not 0 <= i < n_labels for i in out):
+        raise ValueError(f"class label ids {out} out of range for a model with num_labels={n_labels}")
+    return out
+
+
+def make_batch(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], *, kind: str | None = None
+) -> dict[str, Tensor]:
+    """Tokenise ``(prompt, target)`` pairs for the model's family with the edit_data collators,
+    on the model's device. Causal and seq2seq: ``input_ids``, ``attention_mask`` and ``labels``
+    ``[B, T]`` (``-100`` off the target tokens); classifier: ``labels`` ``[B]`` class ids."""
+    from edit_data import collate_causal, collate_classifier, collate_seq2seq
+
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    kind = kind or model_kind_of(model)
+    if kind == "causal":
+        batch = collate_causal(tokenizer, list(prompts), list(targets), padding_side="right")
+    elif kind == "seq2seq":
+        batch = collate_seq2seq(tokenizer, list(prompts), list(targets))
+    elif kind == "classifier":
+        batch = collate_classifier(tokenizer, list(prompts), label_ids(model, targets))
+    else:
+        raise ValueError(f"unknown model kind {kind!r}; expected causal, seq2seq or classifier")
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def model_logits(model: nn.Module, batch: Mapping[str, Tensor], kind: str) -> Tensor:
+    """Logits of a batch made by :func:`make_batch`: ``[B, T, V]`` for causal (position ``t``
+    predicts token ``t + 1``) and seq2seq (aligned with ``labels``), ``[B, C]`` for classifiers."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if kind == "seq2seq":
+        inputs["labels"] = batch["labels"]  # the model shifts them into decoder inputs
+    return model(**inputs).logits
+
+
+def target_hits(kind: str, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher-forced scores of each row: ``(correct [B] long, n_tokens [B] long, nll [B] float)``.
+
+    ``correct`` counts target tokens whose argmax is right, ``nll`` sums their negative
+    log-likelihood. Causal logits ``[B, T, V]`` are shifted against ``labels [B, T]``; seq2seq
+    logits are aligned with labels; classifier logits ``[B, C]`` against ``labels [B]``.
+    """
+    if kind == "classifier":
+        logits = logits.float()
+        correct = (logits.argmax(-1) == labels).long()
+        nll = F.cross_entropy(logits, labels, reduction="none")
+        return correct, torch.ones_like(correct), nll
+    if kind == "causal":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != -100
+    safe = labels.masked_fill(~mask, 0)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    correct = ((logits.argmax(-1) == safe) & mask).sum(-1)
+    return correct, mask.sum(-1), (nll * mask).sum(-1)
+
+
+@dataclass
+class TargetScores:
+    """Teacher-forced scores of N (prompt, target) pairs; every tensor is ``[N]`` on the CPU."""
+
+    correct: Tensor  # long: target tokens predicted by argmax
+    n_tokens: Tensor  # long: target tokens
+    nll: Tensor  # float: summed negative log-likelihood of the target tokens
+
+    @property
+    def exact(self) -> Tensor:
+        """``[N]`` bool: every target token predicted (the target is hit)."""
+        return (self.correct == self.n_tokens) & (self.n_tokens > 0)
+
+    @property
+    def token_acc(self) -> Tensor:
+        """``[N]`` float: fraction of target tokens predicted."""
+        return self.correct.float() / self.n_tokens.clamp(min=1).float()
+
+    def __len__(self) -> int:
+        return len(self.correct)
+
+    def select(self, start: int, stop: int) -> TargetScores:
+        return TargetScores(self.correct[start:stop], self.n_tokens[start:stop], self.nll[start:stop])
+
+
+@torch.no_grad()
+def score_targets(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    kind: str | None = None,
+    batch_size: int = 32,
+) -> TargetScores:
+    """Teacher-forced exact match, token accuracy and NLL of each target given its prompt."""
+    kind = kind or model_kind_of(model)
+    parts = []
+    for i in range(0, len(prompts), batch_size):
+        batch = make_batch(model, tokenizer, prompts[i : i + batch_size], targets[i : i + batch_size], kind=kind)
+        logits = model_logits(model, batch, kind)
+        parts.append([t.cpu() for t in target_hits(kind, logits, batch["labels"])])
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.long)
+        return TargetScores(empty, empty.clone(), torch.zeros(0))
+    return TargetScores(*(torch.cat(p) for p in zip(*parts, strict=True)))
+
+
+# --------------------------------------------------------------------------------------------
+# Scores of records
+
+
+@dataclass
+class RecordScores:
+    """Scores of one record's prompts under one state of the model."""
+
+    edit: TargetScores  # [1]: the edit prompt with the new target
+    rephrase: TargetScores  # [n_rephrases]: in-scope rephrasings with the new target
+    locality: TargetScores  # [n_locality]: out-of-scope prompts with their own answers
+    hard_locality: TargetScores  # [n_hard]
+
+
+_GROUPS = ("edit", "rephrase", "locality", "hard_locality")
+
+
+def _record_pairs(record: Any) -> list[tuple[str, str, str]]:
+    pairs = [("edit", record.prompt, record.target)]
+    pairs += [("rephrase", p, record.target) for p in record.rephrases]
+    pairs += [("locality", ex.prompt, ex.answer) for ex in record.locality]
+    pairs += [("hard_locality", ex.prompt, ex.answer) for ex in record.hard_locality]
+    return pairs
+
+
+def score_records(
+    model: nn.Module, tokenizer: Any, records: Sequence[Any], *, kind: str, batch_size: int = 32
+) -> list[RecordScores]:
+    """:class:`RecordScores` of each record, all prompts scored in shared batches."""
+    pairs = [(i, *p) for i, r in enumerate(records) for p in _record_pairs(r)]
+    scores = score_targets(
+        model, tokenizer, [p[2] for p in pairs], [p[3] for p in pairs], kind=kind, batch_size=batch_size
+    )
+    out = []
+    pos = 0
+    for i in range(len(records)):
+        groups: dict[str, list[int]] = {g: [] for g in _GROUPS}
+        while pos < len(pairs) and pairs[pos][0] == i:
+            groups[pairs[pos][1]].append(pos)
+            pos += 1
+        sel = {g: TargetScores(*(t[idx] for t in (scores.correct, scores.n_tokens, scores.nll))) for g, idx in groups.items()}
+        out.append(RecordScores(**sel))
+    return out
+
+
+def pre_edit_scores(
+    model: nn.Module, tokenizer: Any, records: Sequence[Any], *, score_batch_size: int = 32, progress: bool = False
+) -> list[RecordScores]:
+    """Scores of every record on the unedited model (the "before" of drawdown)."""
+    kind = model_kind_of(model)
+    out: list[RecordScores] = []
+    chunk = max(1, score_batch_size // 4)
+    for i in tqdm(range(0, len(records), chunk), desc="pre-edit scores", disable=not progress, unit="chunk"):
+        out += score_records(model, tokenizer, records[i : i + chunk], kind=kind, batch_size=score_batch_size)
+    return out
+
+
+@dataclass
+class _Tally:
+    """Running sums over the edits of one (editor, mode)."""
+
+    es_edit: list[float] = field(default_factory=list)
+    token_acc_edit: list[float] = field(default_factory=list)
+    es_rephrase: list[float] = field(default_factory=list)
+    token_acc_rephrase: list[float] = field(default_factory=list)
+    loc_before: list[float] = field(default_factory=list)
+    loc_after: list[float] = field(default_factory=list)
+    hard_before: list[float] = field(default_factory=list)
+    hard_after: list[float] = field(default_factory=list)
+    loc_nll: list[float] = field(default_factory=lambda: [0.0, 0.0])  # before, after (summed)
+    loc_tokens: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def add(self, before: RecordScores, after: RecordScores) -> None:
+        self.es_edit += after.edit.exact.float().tolist()
+        self.token_acc_edit += after.edit.token_acc.tolist()
+        if len(after.rephrase):
+            self.es_rephrase.append(after.rephrase.exact.float().mean().item())
+            self.token_acc_rephrase.append(after.rephrase.token_acc.mean().item())
+        self.loc_before += before.locality.exact.float().tolist()
+        self.loc_after += after.locality.exact.float().tolist()
+        self.hard_before += before.hard_locality.exact.float().tolist()
+        self.hard_after += after.hard_locality.exact.float().tolist()
+        self.loc_nll[0] += before.locality.nll.sum().item()
+        self.loc_nll[1] += after.locality.nll.sum().item()
+        self.loc_tokens += int(after.locality.n_tokens.sum())
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "n_edits": len(self.es_edit),
+            "es_edit": _mean(self.es_edit),
+            "token_acc_edit": _mean(self.token_acc_edit),
+            "es_rephrase": _mean(self.es_rephrase),
+            "token_acc_rephrase": _mean(self.token_acc_rephrase),
+            "locality_acc_before": _mean(self.loc_before),
+            "locality_acc_after": _mean(self.loc_after),
+            "dd_locality": _diff(self.loc_before, self.loc_after),
+            "hard_locality_acc_before": _mean(self.hard_before),
+            "hard_locality_acc_after": _mean(self.hard_after),
+            "dd_hard_locality": _diff(self.hard_before, self.hard_after),
+            "n_locality": len(self.loc_after),
+            "n_hard_locality": len(self.hard_after),
+        }
+        if self.loc_tokens:
+            ppl_before = math.exp(min(self.loc_nll[0] / self.loc_tokens, 700.0))
+            ppl_after = math.exp(min(self.loc_nll[1] / self.loc_tokens, 700.0))
+            out.update(ppl_locality_before=ppl_before, ppl_locality_after=ppl_after)
+            out["dd_ppl_locality"] = ppl_after - ppl_before
+        if self.latencies_ms:
+            lat = sorted(self.latencies_ms)
+            out["edit_latency_ms_median"] = statistics.median(lat)
+            out["edit_latency_ms_p90"] = _percentile(lat, 0.9)
+        return out
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return float(sum(xs) / len(xs)) if xs else None
+
+
+def _diff(before: Sequence[float], after: Sequence[float]) -> float | None:
+    return float((sum(before) - sum(after)) / len(after)) if after else None
+
+
+def _percentile(sorted_xs: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile of an ascending list (numpy's default method)."""
+    pos = q * (len(sorted_xs) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return float(sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo))
+
+
+# --------------------------------------------------------------------------------------------
+# Editing under evaluation
+
+
+@torch.no_grad()
+def restore(model: nn.Module, snapshot: Mapping[str, Tensor]) -> None:
+    """Copy the original values of a :data:`WeightSnapshot` back into the model (bitwise)."""
+    try:
+        from editor_nets.delta import restore_weights
+    except ImportError:
+        restore_weights = None
+    if restore_weights is not None:
+        restore_weights(model, dict(snapshot))
+        return
+    params = dict(model.named_parameters())
+    missing = [n for n in snapshot if n not in params]
+    if missing:
+        raise KeyError(f"snapshot names parameters the model lacks: {missing[:5]}")
+    for name, value in snapshot.items():
+        params[name].copy_(value)
+
+
+def _merge_snapshots(first: dict[str, Tensor], later: Mapping[str, Tensor]) -> None:
+    """Keep the earliest original of every parameter touched by a sequence of edits."""
+    for name, value in later.items():
+        first.setdefault(name, value)
+
+
+@torch.no_grad()
+def _fingerprint(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """Cheap per-parameter checksum (sum and sum of squares in float64)."""
+    return {n: (p.double().sum().item(), p.double().square().sum().item()) for n, p in model.named_parameters()}
+
+
+def _check_unchanged(model: nn.Module, reference: dict[str, tuple[float, float]], who: str) -> None:
+    now = _fingerprint(model)
+    changed = [n for n in reference if now[n] != reference[n]]
+    if changed:
+        raise RuntimeError(
+            f"editor {who!r} left {len(changed)} parameter(s) changed after restoring its snapshot "
+            f"(first: {changed[:3]}); an editor must return the originals of every weight it touches"
+        )
+
+
+def _timed_edit(editor: Editor, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> tuple[WeightSnapshot, float]:
+    cuda = next(model.parameters()).is_cuda
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    snapshot = editor.edit(model, tokenizer, list(records))
+    if cuda:
+        torch.cuda.synchronize()
+    return snapshot, (time.perf_counter() - start) * 1000.0
+
+
+def editor_size(editor: Any) -> dict[str, int]:
+    """Trainable size of an editor: parameter count and bytes of parameters and buffers
+    (about its checkpoint size). Editors that are not modules (FT) have size 0."""
+    if not isinstance(editor, nn.Module):
+        return {"editor_params": 0, "editor_bytes": 0}
+    params = sum(p.numel() for p in editor.parameters())
+    nbytes = sum(t.numel() * t.element_size() for t in [*editor.parameters(), *editor.buffers()])
+    return {"editor_params": int(params), "editor_bytes": int(nbytes)}
+
+
+def _groups(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def evaluate_editor(
+    model: nn.Module,
+    tokenizer: Any,
+    editor: Editor,
+    records: Sequence[Any],
+    *,
+    mode: str = "single",
+    batch_size: int = 10,
+    n_sequential: int = 10,
+    progress: bool = True,
+    pre: Sequence[RecordScores] | None = None,
+    score_batch_size: int = 32,
+    verify_restore: bool = True,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate one editor in one mode; the model is left bitwise as it was.
+
+    ``single``: one edit per record, restored after each. ``batched``: groups of
+    ``batch_size`` records edited with one update each. ``sequential``: disjoint runs of
+    ``n_sequential`` records edited one after another without restoring, scored after the
+    last edit of a run, restored at its end (every full run, or one shorter run when there are
+    fewer records). ``pre`` are the records' :func:`pre_edit_scores` (computed when missing).
+    Returns the summary dict described in the module docstring.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown evaluation mode {mode!r}; expected one of {MODES}")
+    if not records:
+        raise ValueError("evaluate_editor needs at least one record")
+    name = name or getattr(editor, "name", type(editor).__name__)
+    kind = model_kind_of(model)
+    was_training = model.training
+    model.eval()
+    pre = list(pre) if pre is not None else pre_edit_scores(model, tokenizer, records, score_batch_size=score_batch_size)
+    if len(pre) != len(records):
+        raise ValueError(f"{len(pre)} pre-edit scores for {len(records)} records")
+    reference = _fingerprint(model) if verify_restore else None
+
+    if mode == "single":
+        runs, per_edit = _groups(len(records), 1), True
+    elif mode == "batched":
+        runs, per_edit = _groups(len(records), batch_size), False
+    else:
+        k = min(n_sequential, len(records))
+        runs, per_edit = [range(i, i + k) for i in range(0, len(records) - k + 1, k)], True
+
+    tally = _Tally()
+    total = sum(len(r) for r in runs) if per_edit else len(runs)
+    bar = tqdm(total=total, desc=f"{name} {mode}", disable=not progress, unit="edit" if per_edit else "batch")
+    try:
+        for run in runs:
+            group = [records[i] for i in run]
+            if mode == "batched":
+                snapshot, ms = _timed_edit(editor, model, tokenizer, group)
+                tally.latencies_ms.append(ms / len(group))
+                bar.update(1)
+            else:  # one edit at a time; single mode has runs of length 1
+                snapshot = {}
+                try:
+                    for rec in group:
+                        snap, ms = _timed_edit(editor, model, tokenizer, [rec])
+                        _merge_snapshots(snapshot, snap)
+                        tally.latencies_ms.append(ms)
+                        bar.update(1)
+                except BaseException:
+                    restore(model, snapshot)
+                    raise
+            try:
+                after = score_records(model, tokenizer, group, kind=kind, batch_size=score_batch_size)
+            finally:
+                restore(model, snapshot)
+            for i, scores in zip(run, after, strict=True):
+                tally.add(pre[i], scores)
+            bar.set_postfix(es=f"{_mean(tally.es_edit):.2f}", refresh=False)
+    finally:
+        bar.close()
+        model.train(was_training)
+    if reference is not None:
+        _check_unchanged(model, reference, name)
+
+    out = tally.summary()
+    out["mode"] = mode
+    if mode == "batched":
+        out["batch_size"] = batch_size
+    if mode == "sequential":
+        out["n_edits_total"] = out["n_edits"]
+        out["n_edits"] = len(runs[0])
+        out["n_runs"] = len(runs)
+        out["es"] = out["es_edit"]
+    out.update(editor_size(editor))
+    return out
+
+
+def evaluate_editors(
+    model: nn.Module,
+    tokenizer: Any,
+    editors: Mapping[str, Editor],
+    records: Sequence[Any],
+    *,
+    modes: Sequence[str] = MODES,
+    batch_size: int = 10,
+    n_sequential: int = 10,
+    progress: bool = True,
+    score_batch_size: int = 32,
+    verify_restore: bool = True,
+    on_result: Callable[[str, str, dict], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate several editors on the same records and return the ``report.json`` shape::
+
+        {"methods": {"MEND": {"es_edit", "es_rephrase", "token_acc_rephrase", "dd_locality",
+                              "dd_hard_locality", "edit_latency_ms_median", "edit_latency_ms_p90",
+                              "editor_params", ..., "batched": {...}, "sequential": {"n_edits",
+                              "es", "es_rephrase", "dd_locality", ...}}, "FT": {...}, ...},
+         "pre_edit": {"es_edit", "locality_acc", "hard_locality_acc"}, "settings": {...}}
+
+    The single-mode metrics sit at the top of each method (when ``"single"`` is among
+    ``modes``; otherwise the first mode's). Editors with ``supports_sequential = False`` skip
+    the sequential mode. ``on_result(method, mode, summary)`` is called after each run.
+    """
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown evaluation mode(s) {bad}; expected some of {MODES}")
+    if not editors:
+        raise ValueError("evaluate_editors needs at least one editor")
+    records = list(records)
+    pre = pre_edit_scores(model, tokenizer, records, score_batch_size=score_batch_size, progress=progress)
+    methods: dict[str, dict[str, Any]] = {}
+    for method, editor in editors.items():
+        entry: dict[str, Any] = {}
+        for mode in modes:
+            if mode == "sequential" and not getattr(editor, "supports_sequential", True):
+                continue
+            summary = evaluate_editor(
+                model,
+                tokenizer,
+                editor,
+                records,
+                mode=mode,
+                batch_size=batch_size,
+                n_sequential=n_sequential,
+                progress=progress,
+                pre=pre,
+                score_batch_size=score_batch_size,
+                verify_restore=verify_restore,
+                name=method,
+            )
+            if on_result is not None:
+                on_result(method, mode, summary)
+            if mode == "single" or (not entry and "single" not in modes):
+                entry.update({k: v for k, v in summary.items() if k != "mode"})
+            if mode != "single":
+                entry[mode] = summary
+        methods[method] = entry
+    pre_exact = [s.edit.exact.float().item() for s in pre]
+    loc = [x for s in pre for x in s.locality.exact.float().tolist()]
+    hard = [x for s in pre for x in s.hard_locality.exact.float().tolist()]
+    return {
+        "methods": methods,
+        "pre_edit": {"es_edit": _mean(pre_exact), "locality_acc": _mean(loc), "hard_locality_acc": _mean(hard)},
+        "settings": {
+            "n_records": len(records),
+            "modes": list(modes),
+            "batch_size": batch_size,
+            "n_sequential": n_sequential,
+            "model_kind": model_kind_of(model),
+            "es_definition": "teacher-forced argmax exact match of all target tokens",
+        },
+    }
