@@ -91,6 +91,12 @@ def test_causal_bad_arguments(tok):
         collate_causal(tok, ["a", "b"], ["x"])
     with pytest.raises(ValueError, match="empty target"):
         collate_causal(tok, ["Where was Bob born?"], ["  "])
+    with pytest.raises(TypeError, match="example 1: target"):
+        collate_causal(tok, ["a", "b"], ["x", None])
+    with pytest.raises(TypeError, match="example 0: target"):
+        collate_seq2seq(tok, ["a"], [None])
+    with pytest.raises(TypeError, match="example 0: prompt"):
+        collate_classifier(tok, [3], [1])
     with pytest.raises(ValueError, match="padding_side"):
         collate_causal(tok, ["a"], ["b"], padding_side="middle")
 
@@ -131,7 +137,7 @@ def test_seq2seq_labels(tok):
     assert batch["input_ids"].tolist() == [p0 + [pad] * (len(p1) - len(p0)), p1]
     assert batch["attention_mask"].tolist() == [[1] * len(p0) + [0] * (len(p1) - len(p0)), [1] * len(p1)]
     t0, t1 = _ids(tok, "Zorba"), _ids(tok, "New Telmar")
-    assert batch["labels"].tolist() == [t0 + [IGNORE_INDEX], t1]
+    assert batch["labels"].tolist() == [[*t0, IGNORE_INDEX], t1]
     assert batch["decoder_attention_mask"].tolist() == [[1, 0], [1, 1]]
     with pytest.raises(TargetTooLongError, match="example 1"):
         collate_seq2seq(tok, prompts, targets, max_length=1)
@@ -161,3 +167,42 @@ def test_classifier(tok):
         collate_classifier(tok, ["a", "b"], [1, "REFUTES"])
     with pytest.raises(ValueError, match="labels"):
         collate_classifier(tok, ["a", "b"], [1])
+
+
+def test_causal_batch_trains_a_tiny_gpt2_only_on_targets():
+    """The HF loss on a collated batch equals the cross-entropy of the target tokens alone."""
+    transformers = pytest.importorskip("transformers")
+    from edit_data import build_world
+
+    world = build_world(n_entities=30, seed=1)
+    tok = train_tokenizer(world.corpus)
+    config = transformers.GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    recs = world.records[:4]
+    batch = collate_causal(tok, [r.prompt for r in recs], [r.target for r in recs], padding_side="left")
+    with torch.no_grad():
+        out = model(**batch)
+    logits = out.logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    assert int(keep.sum()) == 4  # one target token per record
+    manual = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+    assert torch.allclose(out.loss, manual, atol=1e-6)
+    # the target token sits right after the "?" that ends every world question
+    qmark = tok.convert_tokens_to_ids("?")
+    assert (batch["input_ids"][:, -2] == qmark).all()
+
+
+def test_causal_truncation_keeps_leading_special_token():
+    tok = _minilm_tokenizer()
+    if tok is None:
+        pytest.skip("offline MiniLM tokenizer not installed")
+    prompt, target = "one two three four five six", "seven"
+    full = collate_causal(tok, [prompt], [target])["input_ids"][0].tolist()  # [CLS] 6 words seven [SEP]
+    short = collate_causal(tok, [prompt], [target], max_length=5)
+    ids = short["input_ids"][0].tolist()
+    assert ids == [tok.cls_token_id, *full[-4:]]  # CLS, "five", "six", "seven", SEP
+    assert short["labels"][0].tolist() == [IGNORE_INDEX] * 3 + [full[-2], IGNORE_INDEX]
+    with pytest.raises(TargetTooLongError):
+        collate_causal(tok, [prompt], [target], max_length=3)

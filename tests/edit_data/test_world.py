@@ -143,3 +143,41 @@ def test_tokenizer_vocab_size_cap(world):
     assert len(tok) == 50
     with pytest.raises(ValueError):
         train_tokenizer([])
+
+
+def test_identical_across_processes_with_different_hash_seeds():
+    """No set/dict-order or hash dependence: fresh interpreters give the same bytes."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, hashlib, edit_data as E\n"
+        "w = E.build_world(n_entities=50, seed=11)\n"
+        "t = E.train_tokenizer(w.corpus)\n"
+        "blob = json.dumps([w.corpus, [r.to_dict() for r in w.records], t.backend_tokenizer.to_str()])\n"
+        "print(hashlib.sha256(blob.encode()).hexdigest())\n"
+    )
+    digests = set()
+    for hash_seed in ("12345",):  # this process has its own (random or CI-given) hash seed
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(out.stdout.strip())
+    w = build_world(n_entities=50, seed=11)
+    t = train_tokenizer(w.corpus)
+    here = json.dumps([w.corpus, [r.to_dict() for r in w.records], t.backend_tokenizer.to_str()])
+    digests.add(hashlib.sha256(here.encode()).hexdigest())
+    assert len(digests) == 1
+
+
+def test_indices_without_matches_a_filtered_range():
+    from edit_data.world import _IndicesWithout
+
+    for excluded in ([], [0], [3, 4, 9], [0, 1, 2, 11]):
+        seq = _IndicesWithout(12, excluded)
+        assert list(seq) == [j for j in range(12) if j not in excluded]
+    with pytest.raises(IndexError):
+        _IndicesWithout(3, [1])[2]

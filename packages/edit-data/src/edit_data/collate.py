@@ -40,6 +40,15 @@ def _check_lengths(prompts: Sequence[str], others: Sequence[Any], name: str) -> 
         raise ValueError(f"got {len(prompts)} prompts/texts but {len(others)} {name}")
     if not prompts:
         raise ValueError("cannot collate an empty batch")
+    for i, text in enumerate(prompts):
+        if not isinstance(text, str):
+            raise TypeError(f"example {i}: prompt/text must be a string, got {text!r}")
+
+
+def _check_targets(targets: Sequence[Any]) -> None:
+    for i, target in enumerate(targets):
+        if not isinstance(target, str):
+            raise TypeError(f"example {i}: target must be a string, got {target!r}")
 
 
 def _split_causal(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], list[bool]]:
@@ -74,27 +83,32 @@ def collate_causal(
 
     Returns ``input_ids`` and ``attention_mask`` of shape [B, T] (``long``) and ``labels``
     [B, T]: the token id at target positions, -100 at prompt and padding positions. Sequences
-    longer than ``max_length`` lose prompt tokens from the left (never target tokens, and at
-    least one prompt token is kept so the first target token is predicted from something);
+    longer than ``max_length`` lose prompt tokens from the left, after any leading special tokens
+    such as BOS (never target tokens, and at least one prompt token is kept so the first target
+    token is predicted from something);
     :class:`TargetTooLongError` if even that does not fit. ``padding_side`` is ``"right"`` or
     ``"left"`` (left for batched generation).
     """
     _check_lengths(prompts, targets, "targets")
+    _check_targets(targets)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     rows: list[tuple[list[int], list[bool]]] = []
     for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
         ids, is_target = _split_causal(tokenizer, prompt, target)
         if max_length is not None and len(ids) > max_length:
-            first_target = is_target.index(True)
-            n_target_span = len(ids) - first_target
-            if n_target_span + 1 > max_length:
+            # keep leading special tokens (BOS, CLS), drop the oldest prompt tokens after them
+            special = set(tokenizer.all_special_ids)
+            n_lead = next(k for k, t in enumerate(ids) if t not in special or is_target[k])
+            n_target_span = len(ids) - is_target.index(True)
+            if n_lead + 1 + n_target_span > max_length:
                 raise TargetTooLongError(
-                    f"example {i}: target {target!r} needs {n_target_span} tokens plus 1 prompt token, "
-                    f"but max_length is {max_length}"
+                    f"example {i}: target {target!r} needs {n_target_span} tokens plus {n_lead + 1} "
+                    f"prompt/special token(s), but max_length is {max_length}"
                 )
             cut = len(ids) - max_length
-            ids, is_target = ids[cut:], is_target[cut:]
+            ids = ids[:n_lead] + ids[n_lead + cut :]
+            is_target = is_target[:n_lead] + is_target[n_lead + cut :]
         rows.append((ids, is_target))
 
     width = max(len(ids) for ids, _ in rows)
@@ -127,6 +141,7 @@ def collate_seq2seq(
     inputs from ``labels``. A target longer than ``max_length`` raises :class:`TargetTooLongError`.
     """
     _check_lengths(prompts, targets, "targets")
+    _check_targets(targets)
     targets = [t.strip() for t in targets]
     for i, t in enumerate(targets):
         if not t:
