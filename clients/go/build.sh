@@ -4,7 +4,11 @@
 #   clients/go/build.sh [BUILD_DIR]      (default: clients/go/build, git-ignored)
 #
 # Needs: golang-go golang-google-grpc-dev golang-google-protobuf-dev protoc-gen-go
-#        protoc-gen-go-grpc protobuf-compiler   (apt-get install -y ...)
+#        protoc-gen-go-grpc protobuf-compiler golang-github-golang-protobuf-1-5-dev
+#        (apt-get install -y ...). The last one matters: Debian's grpc (1.33) marshals through
+#        github.com/golang/protobuf/proto, and its default provider, the 1.3 API, cannot encode
+#        the APIv2 messages protoc-gen-go writes (it panics "protobuf tag not enough fields").
+#        1.5 is a shim over google.golang.org/protobuf and replaces 1.3 on install.
 #
 # No Go module is downloaded: the build runs in GOPATH mode (GO111MODULE=off) with
 # GOPATH = BUILD_DIR/gopath : /usr/share/gocode, where Debian's golang-*-dev packages put
@@ -19,6 +23,7 @@ build_dir="${1:-$here/build}"
 mkdir -p "$build_dir"
 build_dir="$(cd "$build_dir" && pwd)"
 debian_gopath="${DEBIAN_GOCODE:-/usr/share/gocode}"
+DEBIAN_PACKAGES="golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler"
 
 missing=()
 for tool in go protoc protoc-gen-go protoc-gen-go-grpc; do
@@ -27,9 +32,12 @@ done
 if [ ! -d "$debian_gopath/src/google.golang.org/grpc" ] || [ ! -d "$debian_gopath/src/google.golang.org/protobuf" ]; then
   missing+=("$debian_gopath/src/google.golang.org/{grpc,protobuf}")
 fi
+if ! grep -qs '"google.golang.org/protobuf/' "$debian_gopath/src/github.com/golang/protobuf/proto/proto.go"; then
+  missing+=("github.com/golang/protobuf >= 1.4 (golang-github-golang-protobuf-1-5-dev)")
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "build.sh: missing ${missing[*]}; install with:" >&2
-  echo "  apt-get install -y golang-go golang-google-grpc-dev golang-google-protobuf-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler" >&2
+  echo "  apt-get install -y $DEBIAN_PACKAGES" >&2
   exit 2
 fi
 

@@ -8,7 +8,10 @@
 //  4. Generate (greedy)            -> the text after the edit, and the version that produced it
 //  5. Rollback by edit id          -> the new version and the ids rolled back
 //  6. Generate (greedy)            -> the text after the rollback
+//  7. Health                       -> the final weight version
 //
+// With -digest, both Health calls also ask for the sha256 of all weights, so a caller can check
+// that the rollback restored them bitwise.
 // Edit and Rollback carry the token in the call metadata as "authorization: Bearer <token>".
 // With -check-auth it first sends an Edit without the token and records the status code the
 // server answers (UNAUTHENTICATED expected when the server has a token configured).
@@ -65,12 +68,16 @@ type Report struct {
 	Model                 string         `json:"model"`
 	Device                string         `json:"device"`
 	VersionStart          uint64         `json:"version_start"`
+	WeightsSha256Start    string         `json:"weights_sha256_start,omitempty"`
 	EditWithoutTokenCode  string         `json:"edit_without_token_code,omitempty"`
 	GenerateBefore        GenerateResult `json:"generate_before"`
 	Edit                  EditResult     `json:"edit"`
 	GenerateAfter         GenerateResult `json:"generate_after"`
 	Rollback              RollbackResult `json:"rollback"`
 	GenerateAfterRollback GenerateResult `json:"generate_after_rollback"`
+	VersionEnd            uint64         `json:"version_end"`
+	ActiveEditsEnd        uint32         `json:"active_edits_end"`
+	WeightsSha256End      string         `json:"weights_sha256_end,omitempty"`
 }
 
 type failure struct {
@@ -93,6 +100,7 @@ func main() {
 	target := flag.String("target", "", "new target answer, e.g. \"Boris Johnson\"")
 	maxNew := flag.Uint("max-new-tokens", 8, "tokens to generate for each Generate call")
 	key := flag.String("idempotency-key", "", "Edit idempotency key (default: go-client-<unix nanos>)")
+	digest := flag.Bool("digest", false, "ask Health for the sha256 of all weights at start and end")
 	checkAuth := flag.Bool("check-auth", false, "first send an Edit without the token and record the status code")
 	timeout := flag.Duration("timeout", 120*time.Second, "deadline of each call")
 	flag.Parse()
@@ -138,13 +146,19 @@ func main() {
 
 	rep := Report{Addr: *addr}
 
-	ctx, cancel := call()
-	h, err := client.Health(ctx, &pb.HealthRequest{})
-	cancel()
-	if err != nil {
-		fail("health", err)
+	health := func(step string) *pb.HealthReply {
+		ctx, cancel := call()
+		defer cancel()
+		h, err := client.Health(ctx, &pb.HealthRequest{WeightsDigest: *digest})
+		if err != nil {
+			fail(step, err)
+		}
+		return h
 	}
-	rep.HealthStatus, rep.Model, rep.Device, rep.VersionStart = h.GetStatus(), h.GetModel(), h.GetDevice(), h.GetVersion()
+
+	h := health("health_start")
+	rep.HealthStatus, rep.Model, rep.Device = h.GetStatus(), h.GetModel(), h.GetDevice()
+	rep.VersionStart, rep.WeightsSha256Start = h.GetVersion(), h.GetWeightsSha256()
 
 	editReq := &pb.EditRequest{
 		Prompt: *prompt, Target: *target, IdempotencyKey: *key,
@@ -159,7 +173,7 @@ func main() {
 
 	rep.GenerateBefore = generate("generate_before")
 
-	ctx, cancel = call()
+	ctx, cancel := call()
 	e, err := client.Edit(authed(ctx), editReq)
 	cancel()
 	if err != nil {
@@ -185,6 +199,9 @@ func main() {
 	}
 
 	rep.GenerateAfterRollback = generate("generate_after_rollback")
+
+	h = health("health_end")
+	rep.VersionEnd, rep.ActiveEditsEnd, rep.WeightsSha256End = h.GetVersion(), h.GetActiveEdits(), h.GetWeightsSha256()
 
 	out, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {

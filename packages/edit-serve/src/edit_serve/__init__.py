@@ -1,3 +1,40 @@
-"""edit_serve."""
+"""edit_serve: serve a language model over gRPC, correct it with MEND edits, undo them exactly.
 
-__all__: list[str] = []
+The logic lives in plain classes (``EditService``, ``EditJournal``, ``WeightStore``); the Ray
+Serve deployment and the grpc.aio front wrap them; ``EditClient`` is the Python client.
+Heavy imports (Ray, transformers) happen only when a server is started.
+"""
+
+from edit_serve.client import EditClient
+from edit_serve.journal import EditJournal, JournalCorruptError, JournalEntry, JournalLockedError
+from edit_serve.rwlock import ReadWriteLock
+from edit_serve.service import (
+    EditInfo,
+    EditResult,
+    EditService,
+    GenerateResult,
+    HealthInfo,
+    RollbackResult,
+    ServeError,
+    ServeLimits,
+)
+from edit_serve.weights import WeightStore, weights_digest
+
+__all__ = [
+    "EditClient",
+    "EditInfo",
+    "EditJournal",
+    "EditResult",
+    "EditService",
+    "GenerateResult",
+    "HealthInfo",
+    "JournalCorruptError",
+    "JournalEntry",
+    "JournalLockedError",
+    "ReadWriteLock",
+    "RollbackResult",
+    "ServeError",
+    "ServeLimits",
+    "WeightStore",
+    "weights_digest",
+]

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
-from graddecomp import Factors, layer_shape, weight_grad
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from graddecomp import Factors, layer_shape, weight_grad
 
 if TYPE_CHECKING:
     from edit_data import EditRecord
@@ -93,7 +94,9 @@ class EditDelta:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: Mapping[str, Tensor], provenance: Mapping[str, str] | None = None) -> EditDelta:
+    def from_tensors(
+        cls, tensors: Mapping[str, Tensor], provenance: Mapping[str, str] | None = None
+    ) -> EditDelta:
         """Inverse of ``to_tensors``. Raises ``ValueError`` naming a layer with missing parts."""
         names: list[str] = []
         for key in tensors:
@@ -160,6 +163,11 @@ def _check_fits(model: nn.Module, delta: EditDelta) -> dict[str, nn.Module]:
     return modules
 
 
+def _compute_dtype(w: Tensor) -> torch.dtype:
+    """fp32 for half-precision weights, the weight's own dtype otherwise."""
+    return torch.promote_types(w.dtype, torch.float32)
+
+
 def apply_delta(model: nn.Module, delta: EditDelta, *, max_norm: float | None = None) -> WeightSnapshot:
     """Apply ``delta`` in place: ``W <- W - alpha * sum delta~ u~^T`` for each edited layer.
 
@@ -171,19 +179,23 @@ def apply_delta(model: nn.Module, delta: EditDelta, *, max_norm: float | None = 
     if not delta.is_finite():
         raise ValueError("edit has non-finite factors or step sizes; nothing was changed")
     if max_norm is not None and delta.norm() > max_norm:
-        raise ValueError(f"edit norm {delta.norm():.4g} exceeds the bound {max_norm:.4g}; nothing was changed")
+        raise ValueError(
+            f"edit norm {delta.norm():.4g} exceeds the bound {max_norm:.4g}; nothing was changed"
+        )
     updates = {}
     for name, module in modules.items():
         layer = delta.layers[name]
         w = module.weight
-        f32 = LayerDelta(layer.u.to(w.device, torch.float32), layer.delta.to(w.device, torch.float32), layer.alpha)
+        f32 = LayerDelta(
+            layer.u.to(w.device, _compute_dtype(w)), layer.delta.to(w.device, _compute_dtype(w)), layer.alpha
+        )
         updates[name] = EditDelta({name: f32}).dense(name, module)
     snapshot: WeightSnapshot = {}
     with torch.no_grad():
         for name, module in modules.items():
             w = module.weight
             snapshot[f"{name}.weight"] = w.detach().clone()
-            w.copy_((w.float() + updates[name]).to(w.dtype))
+            w.copy_((w.to(_compute_dtype(w)) + updates[name]).to(w.dtype))
     return snapshot
 
 
@@ -212,9 +224,7 @@ def _lowrank_hook(u: Tensor, d: Tensor, alpha: Tensor | float):
 
 
 @contextmanager
-def lowrank_edit(
-    model: nn.Module, updates: Mapping[str, LowRankUpdate] | EditDelta
-) -> Iterator[nn.Module]:
+def lowrank_edit(model: nn.Module, updates: Mapping[str, LowRankUpdate] | EditDelta) -> Iterator[nn.Module]:
     """Run ``model`` as if each named layer's weight were ``W - alpha * delta~^T u~``.
 
     The update is added to the layer output in its forward, ``y - alpha * (x @ u~^T) @ delta~``,

@@ -4,20 +4,19 @@ Public API (for the pipeline and the CLI)::
 
     evaluate_editors(model, tokenizer, editors: dict[str, Editor], records, *,
                      modes=("single", "batched", "sequential"), batch_size=10, n_sequential=10,
-                     progress=True, score_batch_size=32, verify_restore=True) -> dict
+                     progress=True, score_batch_size=32, verify_restore=True, on_result=None,
+                     on_edit_error="count") -> dict
         # {"methods": {name: {single-mode metrics..., "batched": {...}, "sequential": {...}}},
         #  "settings": {...}, "pre_edit": {...}}
     evaluate_editor(model, tokenizer, editor, records, *, mode="single", batch_size=10,
                     n_sequential=10, progress=True, pre=None, score_batch_size=32,
-                    verify_restore=True, name=None) -> dict
+                    verify_restore=True, name=None, on_edit_error="count") -> dict
     pre_edit_scores(model, tokenizer, records, *, score_batch_size=32, progress=False) -> list[RecordScores]
     score_targets(model, tokenizer, prompts, targets, *, kind=None, batch_size=32) -> TargetScores
     make_batch(model, tokenizer, prompts, targets, *, kind=None) -> dict[str, Tensor]
     target_hits(kind, logits, labels) -> tuple[Tensor, Tensor, Tensor]   # correct [B], n_tokens [B], nll [B]
     label_ids(model, labels: Sequence[str]) -> list[int]
     editor_size(editor) -> dict[str, int]      # {"editor_params", "editor_bytes"}
-    restore(model, snapshot) -> None           # bitwise restore of a WeightSnapshot
-    model_kind_of(model) -> str                # "causal" | "seq2seq" | "classifier"
 
 Definitions (the MEND paper's, teacher-forced):
 
@@ -45,14 +44,18 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from editor_nets.delta import Editor, WeightSnapshot, restore_weights
+from editor_nets.families import edit_batch, label_id, model_kind
 
 __all__ = [
     "MODES",
@@ -63,94 +66,37 @@ __all__ = [
     "evaluate_editors",
     "label_ids",
     "make_batch",
-    "model_kind_of",
     "pre_edit_scores",
-    "restore",
     "score_targets",
     "target_hits",
 ]
 
 MODES = ("single", "batched", "sequential")
 
-WeightSnapshot = dict[str, Tensor]
-
-# Label names of the fact-checking (FEVER-style) claims of edit_data, used when the model's
-# config has no label2id of its own.
-DEFAULT_CLASS_LABELS = {"REFUTES": 0, "SUPPORTS": 1}
-
-
-class Editor(Protocol):
-    """The editor interface of the contract (MEND, FT, FT+KL, ...)."""
-
-    name: str
-
-    def edit(self, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> WeightSnapshot: ...
-
-
 # --------------------------------------------------------------------------------------------
 # Model kinds, batches and teacher-forced target scores
 
 
-def model_kind_of(model: nn.Module) -> str:
-    """``"causal"``, ``"seq2seq"`` or ``"classifier"`` (``editor_nets.families.model_kind`` when present)."""
-    try:
-        from editor_nets.families import model_kind
-    except ImportError:  # the core module is optional for evaluation
-        model_kind = None
-    if model_kind is not None:
-        return model_kind(model)
-    config = getattr(model, "config", None)
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    if type(model).__name__.endswith(("ForSequenceClassification", "Classifier")):
-        return "classifier"
-    return "causal"
-
-
 def label_ids(model: nn.Module, labels: Sequence[str]) -> list[int]:
-    """Class ids of label names: digits as they are, else the model's ``config.label2id``
-    (case-insensitive), else the edit_data claim labels ``REFUTES=0, SUPPORTS=1``."""
-    label2id = dict(getattr(getattr(model, "config", None), "label2id", None) or {})
-    lower = {str(k).lower(): int(v) for k, v in label2id.items()}
-    out = []
-    for label in labels:
-        text = str(label).strip()
-        if text.lstrip("-").isdigit():
-            out.append(int(text))
-        elif text.lower() in lower:
-            out.append(lower[text.lower()])
-        elif text.upper() in DEFAULT_CLASS_LABELS:
-            out.append(DEFAULT_CLASS_LABELS[text.upper()])
-        else:
-            known = sorted(set(label2id) | set(DEFAULT_CLASS_LABELS))
-            raise ValueError(f"unknown class label {label!r}; known labels: {known} or an integer id")
-    n_labels = getattr(getattr(model, "config", None), "num_labels", None)
-    if n_labels is not None and any(not 0 <= i < n_labels for i in out):
-        raise ValueError(f"class label ids {out} out of range for a model with num_labels={n_labels}")
-    return out
+    """Class ids of classifier targets (``editor_nets.families.label_id`` of each)."""
+    return [label_id(model, str(t)) for t in labels]
 
 
 def make_batch(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], *, kind: str | None = None
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    kind: str | None = None,
 ) -> dict[str, Tensor]:
-    """Tokenise ``(prompt, target)`` pairs for the model's family with the edit_data collators,
-    on the model's device. Causal and seq2seq: ``input_ids``, ``attention_mask`` and ``labels``
-    ``[B, T]`` (``-100`` off the target tokens); classifier: ``labels`` ``[B]`` class ids."""
-    from edit_data import collate_causal, collate_classifier, collate_seq2seq
-
+    """Tokenise ``(prompt, target)`` pairs for the model's family with the edit_data collators
+    (``editor_nets.families.edit_batch``), on the model's device. Causal and seq2seq:
+    ``input_ids``, ``attention_mask`` and ``labels`` ``[B, T]`` (``-100`` off the target
+    tokens); classifier: ``labels`` ``[B]`` class ids."""
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-    kind = kind or model_kind_of(model)
-    if kind == "causal":
-        batch = collate_causal(tokenizer, list(prompts), list(targets), padding_side="right")
-    elif kind == "seq2seq":
-        batch = collate_seq2seq(tokenizer, list(prompts), list(targets))
-    elif kind == "classifier":
-        batch = collate_classifier(tokenizer, list(prompts), label_ids(model, targets))
-    else:
-        raise ValueError(f"unknown model kind {kind!r}; expected causal, seq2seq or classifier")
-    device = next(model.parameters()).device
-    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+    return edit_batch(model, tokenizer, list(prompts), list(targets), kind=kind)
 
 
 def model_logits(model: nn.Module, batch: Mapping[str, Tensor], kind: str) -> Tensor:
@@ -200,7 +146,7 @@ class TargetScores:
     @property
     def token_acc(self) -> Tensor:
         """``[N]`` float: fraction of target tokens predicted."""
-        return self.correct.float() / self.n_tokens.clamp(min=1).float()
+        return self.correct.double() / self.n_tokens.clamp(min=1).double()
 
     def __len__(self) -> int:
         return len(self.correct)
@@ -220,10 +166,12 @@ def score_targets(
     batch_size: int = 32,
 ) -> TargetScores:
     """Teacher-forced exact match, token accuracy and NLL of each target given its prompt."""
-    kind = kind or model_kind_of(model)
+    kind = kind or model_kind(model)
     parts = []
     for i in range(0, len(prompts), batch_size):
-        batch = make_batch(model, tokenizer, prompts[i : i + batch_size], targets[i : i + batch_size], kind=kind)
+        batch = make_batch(
+            model, tokenizer, prompts[i : i + batch_size], targets[i : i + batch_size], kind=kind
+        )
         logits = model_logits(model, batch, kind)
         parts.append([t.cpu() for t in target_hits(kind, logits, batch["labels"])])
     if not parts:
@@ -272,16 +220,24 @@ def score_records(
         while pos < len(pairs) and pairs[pos][0] == i:
             groups[pairs[pos][1]].append(pos)
             pos += 1
-        sel = {g: TargetScores(*(t[idx] for t in (scores.correct, scores.n_tokens, scores.nll))) for g, idx in groups.items()}
+        sel = {
+            g: TargetScores(*(t[idx] for t in (scores.correct, scores.n_tokens, scores.nll)))
+            for g, idx in groups.items()
+        }
         out.append(RecordScores(**sel))
     return out
 
 
 def pre_edit_scores(
-    model: nn.Module, tokenizer: Any, records: Sequence[Any], *, score_batch_size: int = 32, progress: bool = False
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[Any],
+    *,
+    score_batch_size: int = 32,
+    progress: bool = False,
 ) -> list[RecordScores]:
     """Scores of every record on the unedited model (the "before" of drawdown)."""
-    kind = model_kind_of(model)
+    kind = model_kind(model)
     out: list[RecordScores] = []
     chunk = max(1, score_batch_size // 4)
     for i in tqdm(range(0, len(records), chunk), desc="pre-edit scores", disable=not progress, unit="chunk"):
@@ -304,13 +260,14 @@ class _Tally:
     loc_nll: list[float] = field(default_factory=lambda: [0.0, 0.0])  # before, after (summed)
     loc_tokens: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
 
     def add(self, before: RecordScores, after: RecordScores) -> None:
         self.es_edit += after.edit.exact.float().tolist()
         self.token_acc_edit += after.edit.token_acc.tolist()
         if len(after.rephrase):
-            self.es_rephrase.append(after.rephrase.exact.float().mean().item())
-            self.token_acc_rephrase.append(after.rephrase.token_acc.mean().item())
+            self.es_rephrase.append(after.rephrase.exact.double().mean().item())
+            self.token_acc_rephrase.append(after.rephrase.token_acc.double().mean().item())
         self.loc_before += before.locality.exact.float().tolist()
         self.loc_after += after.locality.exact.float().tolist()
         self.hard_before += before.hard_locality.exact.float().tolist()
@@ -334,7 +291,10 @@ class _Tally:
             "dd_hard_locality": _diff(self.hard_before, self.hard_after),
             "n_locality": len(self.loc_after),
             "n_hard_locality": len(self.hard_after),
+            "n_failed_edits": len(self.failures),
         }
+        if self.failures:
+            out["first_failure"] = self.failures[0]
         if self.loc_tokens:
             ppl_before = math.exp(min(self.loc_nll[0] / self.loc_tokens, 700.0))
             ppl_after = math.exp(min(self.loc_nll[1] / self.loc_tokens, 700.0))
@@ -367,24 +327,6 @@ def _percentile(sorted_xs: Sequence[float], q: float) -> float:
 # Editing under evaluation
 
 
-@torch.no_grad()
-def restore(model: nn.Module, snapshot: Mapping[str, Tensor]) -> None:
-    """Copy the original values of a :data:`WeightSnapshot` back into the model (bitwise)."""
-    try:
-        from editor_nets.delta import restore_weights
-    except ImportError:
-        restore_weights = None
-    if restore_weights is not None:
-        restore_weights(model, dict(snapshot))
-        return
-    params = dict(model.named_parameters())
-    missing = [n for n in snapshot if n not in params]
-    if missing:
-        raise KeyError(f"snapshot names parameters the model lacks: {missing[:5]}")
-    for name, value in snapshot.items():
-        params[name].copy_(value)
-
-
 def _merge_snapshots(first: dict[str, Tensor], later: Mapping[str, Tensor]) -> None:
     """Keep the earliest original of every parameter touched by a sequence of edits."""
     for name, value in later.items():
@@ -394,7 +336,9 @@ def _merge_snapshots(first: dict[str, Tensor], later: Mapping[str, Tensor]) -> N
 @torch.no_grad()
 def _fingerprint(model: nn.Module) -> dict[str, tuple[float, float]]:
     """Cheap per-parameter checksum (sum and sum of squares in float64)."""
-    return {n: (p.double().sum().item(), p.double().square().sum().item()) for n, p in model.named_parameters()}
+    return {
+        n: (p.double().sum().item(), p.double().square().sum().item()) for n, p in model.named_parameters()
+    }
 
 
 def _check_unchanged(model: nn.Module, reference: dict[str, tuple[float, float]], who: str) -> None:
@@ -407,15 +351,32 @@ def _check_unchanged(model: nn.Module, reference: dict[str, tuple[float, float]]
         )
 
 
-def _timed_edit(editor: Editor, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> tuple[WeightSnapshot, float]:
+# Errors with which an editor rejects an edit (non-finite values, norm bound, bad input); by
+# contract such a failed edit changes nothing.
+EDIT_ERRORS = (ValueError, ArithmeticError)
+
+
+def _timed_edit(
+    editor: Editor, model: nn.Module, tokenizer: Any, records: Sequence[Any], tally: _Tally, on_error: str
+) -> WeightSnapshot:
+    """Run one (batched) edit; record its latency per edit, or count it failed."""
     cuda = next(model.parameters()).is_cuda
     if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    snapshot = editor.edit(model, tokenizer, list(records))
+    try:
+        snapshot = editor.edit(model, tokenizer, list(records))
+    except EDIT_ERRORS as err:
+        if on_error == "raise":
+            raise
+        if not tally.failures:
+            warnings.warn(f"edit failed and is counted as such: {type(err).__name__}: {err}", stacklevel=3)
+        tally.failures.append(f"{type(err).__name__}: {err}"[:300])
+        return {}
     if cuda:
         torch.cuda.synchronize()
-    return snapshot, (time.perf_counter() - start) * 1000.0
+    tally.latencies_ms.append((time.perf_counter() - start) * 1000.0 / len(records))
+    return snapshot
 
 
 def editor_size(editor: Any) -> dict[str, int]:
@@ -446,6 +407,7 @@ def evaluate_editor(
     score_batch_size: int = 32,
     verify_restore: bool = True,
     name: str | None = None,
+    on_edit_error: str = "count",
 ) -> dict[str, Any]:
     """Evaluate one editor in one mode; the model is left bitwise as it was.
 
@@ -454,17 +416,26 @@ def evaluate_editor(
     ``n_sequential`` records edited one after another without restoring, scored after the
     last edit of a run, restored at its end (every full run, or one shorter run when there are
     fewer records). ``pre`` are the records' :func:`pre_edit_scores` (computed when missing).
+    An edit the editor rejects with ``ValueError``/``ArithmeticError`` (it must then have changed
+    nothing) is counted in ``n_failed_edits`` and its records scored on the model as it is, with
+    ``on_edit_error="count"``; ``"raise"`` re-raises.
     Returns the summary dict described in the module docstring.
     """
     if mode not in MODES:
         raise ValueError(f"unknown evaluation mode {mode!r}; expected one of {MODES}")
+    if on_edit_error not in ("count", "raise"):
+        raise ValueError(f"on_edit_error must be 'count' or 'raise', got {on_edit_error!r}")
     if not records:
         raise ValueError("evaluate_editor needs at least one record")
     name = name or getattr(editor, "name", type(editor).__name__)
-    kind = model_kind_of(model)
+    kind = model_kind(model)
     was_training = model.training
     model.eval()
-    pre = list(pre) if pre is not None else pre_edit_scores(model, tokenizer, records, score_batch_size=score_batch_size)
+    pre = (
+        list(pre)
+        if pre is not None
+        else pre_edit_scores(model, tokenizer, records, score_batch_size=score_batch_size)
+    )
     if len(pre) != len(records):
         raise ValueError(f"{len(pre)} pre-edit scores for {len(records)} records")
     reference = _fingerprint(model) if verify_restore else None
@@ -484,24 +455,22 @@ def evaluate_editor(
         for run in runs:
             group = [records[i] for i in run]
             if mode == "batched":
-                snapshot, ms = _timed_edit(editor, model, tokenizer, group)
-                tally.latencies_ms.append(ms / len(group))
+                snapshot = _timed_edit(editor, model, tokenizer, group, tally, on_edit_error)
                 bar.update(1)
             else:  # one edit at a time; single mode has runs of length 1
                 snapshot = {}
                 try:
                     for rec in group:
-                        snap, ms = _timed_edit(editor, model, tokenizer, [rec])
+                        snap = _timed_edit(editor, model, tokenizer, [rec], tally, on_edit_error)
                         _merge_snapshots(snapshot, snap)
-                        tally.latencies_ms.append(ms)
                         bar.update(1)
                 except BaseException:
-                    restore(model, snapshot)
+                    restore_weights(model, snapshot)
                     raise
             try:
                 after = score_records(model, tokenizer, group, kind=kind, batch_size=score_batch_size)
             finally:
-                restore(model, snapshot)
+                restore_weights(model, snapshot)
             for i, scores in zip(run, after, strict=True):
                 tally.add(pre[i], scores)
             bar.set_postfix(es=f"{_mean(tally.es_edit):.2f}", refresh=False)
@@ -537,6 +506,7 @@ def evaluate_editors(
     score_batch_size: int = 32,
     verify_restore: bool = True,
     on_result: Callable[[str, str, dict], None] | None = None,
+    on_edit_error: str = "count",
 ) -> dict[str, Any]:
     """Evaluate several editors on the same records and return the ``report.json`` shape::
 
@@ -576,6 +546,7 @@ def evaluate_editors(
                 score_batch_size=score_batch_size,
                 verify_restore=verify_restore,
                 name=method,
+                on_edit_error=on_edit_error,
             )
             if on_result is not None:
                 on_result(method, mode, summary)
@@ -589,13 +560,17 @@ def evaluate_editors(
     hard = [x for s in pre for x in s.hard_locality.exact.float().tolist()]
     return {
         "methods": methods,
-        "pre_edit": {"es_edit": _mean(pre_exact), "locality_acc": _mean(loc), "hard_locality_acc": _mean(hard)},
+        "pre_edit": {
+            "es_edit": _mean(pre_exact),
+            "locality_acc": _mean(loc),
+            "hard_locality_acc": _mean(hard),
+        },
         "settings": {
             "n_records": len(records),
             "modes": list(modes),
             "batch_size": batch_size,
             "n_sequential": n_sequential,
-            "model_kind": model_kind_of(model),
+            "model_kind": model_kind(model),
             "es_definition": "teacher-forced argmax exact match of all target tokens",
         },
     }

@@ -12,14 +12,16 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from graddecomp import is_supported
 from torch import Tensor, nn
+
+from graddecomp import is_supported
 
 __all__ = [
     "FAMILY_MLP_LAYERS",
     "answer_logits",
     "default_targets",
     "edit_batch",
+    "generate_answer",
     "label_id",
     "model_kind",
     "target_nll",
@@ -83,8 +85,14 @@ def default_targets(model: nn.Module, n_blocks: int | None = None) -> list[str]:
             if m and m.group(2) in suffixes:
                 by_block.setdefault(int(m.group(1)), []).append(name)
         for i in sorted(by_block)[-n:]:
-            chosen.extend(sorted(by_block[i], key=lambda s, suf=suffixes: suf.index(s.rsplit(".", 1)[-1])
-                                 if s.rsplit(".", 1)[-1] in suf else 0))
+            chosen.extend(
+                sorted(
+                    by_block[i],
+                    key=lambda s, suf=suffixes: (
+                        suf.index(s.rsplit(".", 1)[-1]) if s.rsplit(".", 1)[-1] in suf else 0
+                    ),
+                )
+            )
     if not chosen:
         raise ValueError(f"found no MLP layers for model type {model_type!r}; pass the targets explicitly")
     order = [name for name, _ in model.named_modules()]
@@ -145,7 +153,9 @@ def edit_batch(
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def answer_logits(model: nn.Module, batch: dict[str, Tensor], *, kind: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def answer_logits(
+    model: nn.Module, batch: dict[str, Tensor], *, kind: str | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Logits at the positions that predict the answer.
 
     Returns ``logits [N, V]``, ``labels [N]`` and ``example [N]`` (the batch row of each
@@ -156,7 +166,9 @@ def answer_logits(model: nn.Module, batch: dict[str, Tensor], *, kind: str | Non
         labels = batch["labels"]
         return out.logits, labels, torch.arange(labels.shape[0], device=labels.device)
     if kind == "seq2seq":
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
         logits, labels = out.logits, batch["labels"]
     else:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -174,3 +186,29 @@ def target_nll(model: nn.Module, batch: dict[str, Tensor], *, kind: str | None =
     total = torch.zeros(n, dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
     count = torch.zeros(n, dtype=tok.dtype, device=tok.device).index_add(0, rows, torch.ones_like(tok))
     return total / count.clamp_min(1)
+
+
+@torch.no_grad()
+def generate_answer(
+    model: nn.Module, tokenizer, prompt: str, *, max_new_tokens: int = 4, kind: str | None = None
+) -> str:
+    """The model's greedy answer to ``prompt``: ``max_new_tokens`` tokens after the prompt (causal),
+    the decoder output (seq2seq), or the predicted label name (classifier)."""
+    kind = kind or model_kind(model)
+    device = next(model.parameters()).device
+    enc = tokenizer([prompt], return_tensors="pt", add_special_tokens=kind != "causal").to(device)
+    if kind == "classifier":
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        idx = int(logits.argmax(-1))
+        id2label = getattr(model.config, "id2label", None) or {}
+        return str(id2label.get(idx, idx))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = model.generate(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+    )
+    new = out[0, enc["input_ids"].shape[1] :] if kind == "causal" else out[0]
+    return tokenizer.decode(new, skip_special_tokens=True).strip()

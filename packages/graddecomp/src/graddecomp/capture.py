@@ -92,8 +92,9 @@ def weight_grad(module: nn.Module, factors: Factors) -> Tensor:
             f"factors of shape u={tuple(u.shape)}, delta={tuple(delta.shape)} do not fit a layer "
             f"with d_in={d_in}, d_out={d_out}"
         )
-    grad = delta.transpose(0, 1) @ u  # [d_out, d_in]
-    return grad.transpose(0, 1) if _is_conv1d(module) else grad
+    if _is_conv1d(module):
+        return u.transpose(0, 1) @ delta  # [d_in, d_out], contiguous like Conv1D's weight
+    return delta.transpose(0, 1) @ u  # [d_out, d_in]
 
 
 def resolve_targets(model: nn.Module, targets: Target | Iterable[Target]) -> dict[str, nn.Module]:

@@ -1,0 +1,112 @@
+"""How the gRPC front reaches an ``EditService``: in-process (``LocalBackend``) or through a Ray
+Serve deployment handle (``RayBackend``). Both offer the same two async calls:
+
+- ``await backend.call(method, **kwargs)`` -> the service method's result (``ServeError`` on refusal)
+- ``async for step, version in backend.stream(**kwargs)`` -> ``GenerateStream`` pieces
+
+``LocalBackend`` runs the blocking service methods in a thread pool, so the event loop never
+waits on the readers-writer lock or on the model. It is also what the Ray deployment uses
+inside its replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from edit_serve.generation import GenerationStep
+from edit_serve.service import EditService, ServeError
+
+__all__ = ["CALLABLE_METHODS", "LocalBackend", "RayBackend"]
+
+CALLABLE_METHODS = frozenset({"edit", "generate", "rollback", "list_edits", "get_edit", "health"})
+_DONE = object()
+
+
+class LocalBackend:
+    """An ``EditService`` in this process, called from asyncio through thread pools.
+
+    Three pools, so that threads blocked on the readers-writer lock can never starve the
+    threads that would release it: writes (Edit, Rollback) run one at a time on their own
+    thread (further writes queue without holding a thread), generations on a pool one larger
+    than the concurrency limit, and the cheap queries (List, Get, Health) on their own pool.
+    """
+
+    def __init__(self, service: EditService) -> None:
+        self.service = service
+        pool = concurrent.futures.ThreadPoolExecutor
+        self.writes = pool(max_workers=1, thread_name_prefix="edit-serve-write")
+        self.generations = pool(
+            max_workers=service.limits.max_concurrent_generations + 1,
+            thread_name_prefix="edit-serve-generate",
+        )
+        self.queries = pool(max_workers=2, thread_name_prefix="edit-serve-query")
+        self._pool_of = {
+            "edit": self.writes,
+            "rollback": self.writes,
+            "generate": self.generations,
+            "list_edits": self.queries,
+            "get_edit": self.queries,
+            "health": self.queries,
+        }
+
+    async def call(self, method: str, **kwargs: Any) -> Any:
+        if method not in CALLABLE_METHODS:
+            raise ServeError("UNIMPLEMENTED", f"unknown method {method!r}")
+        fn = getattr(self.service, method)
+        return await asyncio.wrap_future(self._pool_of[method].submit(lambda: fn(**kwargs)))
+
+    async def stream(self, **kwargs: Any) -> AsyncIterator[tuple[GenerationStep, int]]:
+        pool = self.generations
+        it = await asyncio.wrap_future(pool.submit(lambda: self.service.generate_stream(**kwargs)))
+        pending: concurrent.futures.Future | None = None
+        try:
+            while True:
+                pending = pool.submit(next, it, _DONE)
+                item = await asyncio.wrap_future(pending)
+                pending = None
+                if item is _DONE:
+                    return
+                yield item
+        finally:
+            # Closing while a step still runs in a worker would fail ("generator already
+            # executing"): close once that step is done. Either way the read lock is released.
+            if pending is not None and not pending.done():
+                pending.add_done_callback(lambda _: it.close())
+            else:
+                it.close()
+
+    def close(self) -> None:
+        for pool in (self.writes, self.generations, self.queries):
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.service.close()
+
+
+def _unwrap(reply: tuple) -> Any:
+    if reply[0] == "ok":
+        return reply[1]
+    raise ServeError(reply[1], reply[2])
+
+
+class RayBackend:
+    """The deployment behind a Ray Serve ``DeploymentHandle`` (see ``edit_serve.deployment``)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def call(self, method: str, **kwargs: Any) -> Any:
+        return _unwrap(await self.handle.call.remote(method, kwargs))
+
+    async def stream(self, **kwargs: Any) -> AsyncIterator[tuple[GenerationStep, int]]:
+        responses = self.handle.options(stream=True).stream.remote(kwargs)
+        try:
+            async for reply in responses:
+                if reply[0] != "ok":
+                    raise ServeError(reply[1], reply[2])
+                yield reply[1], reply[2]
+        finally:
+            with contextlib.suppress(Exception):
+                responses.cancel()  # client went away: stop generating in the replica

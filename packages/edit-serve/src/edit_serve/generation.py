@@ -1,0 +1,123 @@
+"""Token-by-token generation for causal LMs with a per-request random generator.
+
+One loop serves both ``Generate`` and ``GenerateStream`` (Generate joins the stream's pieces),
+so both give identical text for the same request. We use our own loop with the KV cache
+rather than ``model.generate``: sampling draws from a ``torch.Generator`` owned by the request
+(``model.generate`` uses the process-global RNG, which concurrent requests would share, so a
+``seed`` would not reproduce), and stop strings are held back from the stream until it is
+certain they do not start there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["GenerationStep", "SamplingParams", "context_length", "generate_steps", "pick_token"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """``temperature`` 0 = greedy; ``top_p`` in (0, 1] keeps the smallest set of tokens whose
+    probability mass reaches it; ``stop`` strings end the text (and are not part of it)."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class GenerationStep:
+    """A new piece of text, the number of tokens generated so far, and whether it is the last."""
+
+    text: str
+    num_tokens: int
+    done: bool
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The model's maximum sequence length from its config, when it declares one."""
+    cfg = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def pick_token(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """Choose the next token from ``logits`` ``[vocab]`` (float32, CPU)."""
+    if temperature <= 0.0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = (torch.cumsum(sorted_p, dim=-1) - sorted_p) < top_p  # always keeps the first
+        sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
+        choice = int(torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=generator))
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int:
+    """Index where the earliest stop string starts in ``text`` (``-1`` if none)."""
+    hits = [i for s in stops if (i := text.find(s)) >= 0]
+    return min(hits) if hits else -1
+
+
+@torch.no_grad()
+def generate_steps(
+    model: nn.Module, tokenizer, prompt_ids: Tensor, params: SamplingParams
+) -> Iterator[GenerationStep]:
+    """Yield the continuation of ``prompt_ids`` ``[1, T]`` piece by piece; the last step has ``done``.
+
+    Stops at ``max_new_tokens``, the tokenizer's eos token, a stop string or the model's
+    context length. Pieces concatenate to the full continuation (without the prompt).
+    """
+    device = model.get_input_embeddings().weight.device
+    generator = torch.Generator(device="cpu").manual_seed(int(params.seed) % (2**63))
+    eos = tokenizer.eos_token_id
+    limit = context_length(model)
+    budget = params.max_new_tokens
+    if limit is not None:
+        budget = min(budget, max(0, limit - int(prompt_ids.shape[1])))
+    holdback = max((len(s) for s in params.stop), default=1) - 1
+    generated: list[int] = []
+    emitted = ""
+    cur = prompt_ids.to(device)
+    past = None
+    stopped = False
+    for _ in range(budget):
+        out = model(input_ids=cur, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[0, -1].float().cpu()
+        if not bool(torch.isfinite(logits).all()):
+            logits = torch.nan_to_num(logits, nan=-math.inf)
+        token = pick_token(logits, params.temperature, params.top_p, generator)
+        if eos is not None and token == eos:
+            break
+        generated.append(token)
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        cut = _first_stop(text, params.stop) if params.stop else -1
+        if cut >= 0:
+            text, stopped = text[:cut], True
+        if stopped:
+            break
+        safe = len(text) - holdback
+        # only emit a stable prefix (decoders may tidy the boundary, e.g. " ?" -> "?")
+        if safe > len(emitted) and text.startswith(emitted):
+            piece, emitted = text[len(emitted) : safe], text[:safe]
+            yield GenerationStep(piece, len(generated), False)
+        cur = torch.tensor([[token]], device=device)
+    final = tokenizer.decode(generated, skip_special_tokens=True) if not stopped else text
+    if not stopped and params.stop:
+        cut = _first_stop(final, params.stop)
+        final = final[:cut] if cut >= 0 else final
+    rest = final[len(emitted) :] if final.startswith(emitted) else ""
+    yield GenerationStep(rest, len(generated), True)

@@ -1,0 +1,210 @@
+"""Command line: ``edit-train``, ``edit-eval`` and ``edit-apply`` (typer).
+
+* ``edit-train`` with no arguments runs the main job on the built-in synthetic world and writes
+  ``runs/default/``; ``edit-train --model PATH_OR_HUB_NAME --data DATASET_DIR --out DIR
+  [--config FILE]`` meta-trains MEND for a given model on an ``edit_data`` dataset directory.
+* ``edit-eval --editor DIR --data DIR`` evaluates a trained editor (single, batched, sequential).
+* ``edit-apply --editor DIR --prompt ... --target ... [--rephrase ...]`` makes one edit and prints
+  the model's answers before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+__all__ = ["apply_app", "eval_app", "load_model", "train_app"]
+
+train_app = typer.Typer(
+    add_completion=False, help="Meta-train a MEND editor (no arguments: the built-in main job)."
+)
+eval_app = typer.Typer(add_completion=False, help="Evaluate a trained MEND editor on held-out edits.")
+apply_app = typer.Typer(add_completion=False, help="Make one edit and print the answers before and after.")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+def load_model(name_or_path: str):
+    """``(model, tokenizer)`` from a local directory or a hub name, with the right head for its
+    architecture (causal LM, seq2seq, or sequence classifier), in eval mode."""
+    import transformers
+
+    local = Path(name_or_path).exists()
+    if not local and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(
+            f"{name_or_path}: no such directory (and HF_HUB_OFFLINE=1 forbids hub downloads)"
+        )
+    config = transformers.AutoConfig.from_pretrained(name_or_path)
+    arch = (config.architectures or [""])[0]
+    if getattr(config, "is_encoder_decoder", False) or arch.endswith("ForConditionalGeneration"):
+        auto = transformers.AutoModelForSeq2SeqLM
+    elif arch.endswith("ForSequenceClassification"):
+        auto = transformers.AutoModelForSequenceClassification
+    else:
+        auto = transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(name_or_path).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+@train_app.command()
+def train(
+    model: str = typer.Option(
+        None, help="Model directory or hub name (default: pre-train one on the built-in world)."
+    ),
+    data: Path = typer.Option(None, help="edit_data dataset directory (train/validation/test splits)."),
+    out: Path = typer.Option(None, help="Output directory (default runs/default, or runs/<model name>)."),
+    config: Path = typer.Option(None, help="JSON or TOML file overriding JobConfig fields."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Tiny settings for smoke tests (seconds, not minutes)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue meta-training from OUT/editor/train_state.pt."
+    ),
+) -> None:
+    """Pre-train (default job only), meta-train MEND, evaluate MEND/FT/FT+KL, write the report."""
+    from editor_nets.pipeline import JobConfig, load_job_config, quick_config, run_default_job, run_job
+
+    try:
+        job = load_job_config(config, quick_config() if quick else JobConfig())
+    except (ValueError, FileNotFoundError) as err:
+        raise _fail(str(err)) from None
+    if model is None and data is None:
+        run_default_job(out or Path("runs/default"), job, resume=resume)
+        return
+    if model is None or data is None:
+        raise _fail("--model and --data go together (or pass neither for the built-in main job)")
+    from edit_data import load_saved
+
+    try:
+        splits = load_saved(data)
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(f"{data}: {err}") from None
+    try:
+        net, tokenizer = load_model(model)
+    except (OSError, ValueError) as err:
+        raise _fail(f"cannot load model {model!r}: {err}") from None
+    out = out or Path("runs") / Path(model).name
+    run_job(net, tokenizer, splits, out, job, base_model=model, resume=resume)
+    typer.echo(
+        f"editor: {out / 'editor'}\nreport: {out / 'report.json'}, {out / 'report.png'}\n"
+        f"metrics: {out / 'metrics.jsonl'}"
+    )
+
+
+def _editor_and_model(editor: Path, model: str | None):
+    from editor_nets.mend import MendEditor
+
+    if not (editor / "config.json").is_file():
+        raise _fail(f"{editor}: not an editor checkpoint (no config.json)")
+    cfg = json.loads((editor / "config.json").read_text())
+    name = model or cfg.get("base_model")
+    if not name:
+        raise _fail(f"{editor}/config.json records no base model; pass --model")
+    try:
+        net, tokenizer = load_model(name)
+    except (OSError, ValueError) as err:
+        raise _fail(f"cannot load model {name!r}: {err}") from None
+    try:
+        mend = MendEditor.from_pretrained(editor, model=net)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    return mend, net, tokenizer
+
+
+@eval_app.command()
+def evaluate(
+    editor: Path = typer.Option(..., help="Editor checkpoint directory (config.json + editor.safetensors)."),
+    data: Path = typer.Option(..., help="edit_data dataset directory."),
+    model: str = typer.Option(None, help="Model (default: the base model recorded in the editor)."),
+    split: str = typer.Option("test", help="Which split to evaluate."),
+    modes: str = typer.Option("single,batched,sequential", help="Comma-separated evaluation modes."),
+    n_sequential: int = typer.Option(10, help="Edits per sequential run."),
+    batch_size: int = typer.Option(10, help="Edits per batched update."),
+    baselines: bool = typer.Option(False, "--baselines", help="Also evaluate FT and FT+KL."),
+    out: Path = typer.Option(None, help="Write report.json/report.png here."),
+) -> None:
+    """Evaluate a trained editor: ES, drawdown, latency in the chosen modes."""
+    from edit_data import load_saved
+    from editor_nets.evaluate import evaluate_editors
+    from editor_nets.report import results_table, write_report
+
+    mend, net, tokenizer = _editor_and_model(editor, model)
+    try:
+        splits = load_saved(data)
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(f"{data}: {err}") from None
+    if not splits.get(split):
+        raise _fail(f"{data} has no records in split {split!r} (splits: {sorted(splits)})")
+    editors = {"MEND": mend}
+    if baselines:
+        from editor_nets.baselines import FTEditor, FTKLEditor, locality_examples_from
+
+        editors["FT"] = FTEditor(targets=mend.config.targets)
+        editors["FT+KL"] = FTKLEditor(
+            targets=mend.config.targets, locality=locality_examples_from(splits.get("train", []))
+        )
+    mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+    try:
+        results = evaluate_editors(
+            net,
+            tokenizer,
+            editors,
+            splits[split],
+            modes=mode_list,
+            n_sequential=n_sequential,
+            batch_size=batch_size,
+        )
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    typer.echo(results_table(results))
+    if out is not None:
+        paths = write_report(results, out, title=f"{editor} on {data}:{split}")
+        typer.echo(f"report: {paths['json']}, {paths['png']}")
+
+
+@apply_app.command()
+def apply(
+    editor: Path = typer.Option(..., help="Editor checkpoint directory."),
+    prompt: str = typer.Option(..., help="The edit prompt, e.g. 'Where was Zora born?'."),
+    target: str = typer.Option(..., help="The new answer."),
+    rephrase: list[str] = typer.Option([], help="An in-scope rephrasing to check (repeatable)."),
+    model: str = typer.Option(None, help="Model (default: the base model recorded in the editor)."),
+    max_new_tokens: int = typer.Option(0, help="Answer length in tokens (default: the target's length)."),
+    save_delta: Path = typer.Option(None, help="Also write the edit (EditDelta) to this safetensors file."),
+    save_model: Path = typer.Option(None, help="Also save the edited model (and tokenizer) here."),
+) -> None:
+    """One edit from the command line: prints the answers before and after for the prompt and rephrasings."""
+    from edit_data import EditRecord
+    from editor_nets.delta import apply_delta
+    from editor_nets.families import generate_answer
+
+    mend, net, tokenizer = _editor_and_model(editor, model)
+    if not prompt.strip() or not target.strip():
+        raise _fail("--prompt and --target must not be empty")
+    n = max_new_tokens or max(1, len(tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]))
+    prompts = [prompt, *rephrase]
+    before = [generate_answer(net, tokenizer, p, max_new_tokens=n) for p in prompts]
+    record = EditRecord(prompt=prompt, target=target, rephrases=list(rephrase), source="edit-apply")
+    delta = mend.compute_delta(net, tokenizer, [record])
+    apply_delta(net, delta)
+    after = [generate_answer(net, tokenizer, p, max_new_tokens=n) for p in prompts]
+    typer.echo(f"edit: {prompt!r} -> {target!r}  (update norm {delta.norm():.4g})")
+    for i, (p, b, a) in enumerate(zip(prompts, before, after, strict=True)):
+        label = "prompt   " if i == 0 else "rephrase "
+        typer.echo(f"{label} {p}\n    before: {b}\n    after:  {a}")
+    if save_delta is not None:
+        delta.save(save_delta)
+        typer.echo(f"edit written to {save_delta}")
+    if save_model is not None:
+        net.save_pretrained(save_model)
+        tokenizer.save_pretrained(save_model)
+        typer.echo(f"edited model written to {save_model}")

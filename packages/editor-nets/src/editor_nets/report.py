@@ -1,0 +1,201 @@
+"""Writing evaluation results: ``report.json`` and ``report.png``.
+
+Public API::
+
+    write_report(results: dict, out_dir, curves: Sequence[Mapping] | None = None, *,
+                 title: str | None = None) -> dict[str, Path]   # {"json": ..., "png": ...}
+    plot_report(results: dict, path, curves=None, *, title=None) -> Path
+    load_metrics(path) -> list[dict]          # a metrics.jsonl file as a list of rows
+    results_table(results: dict) -> str       # a plain-text table of the methods' main figures
+
+``results`` is the dict of :func:`editor_nets.evaluate.evaluate_editors` (``{"methods": {name:
+{...}}}``; other top-level keys are kept as they are). ``curves`` are training-metric rows such
+as those of ``metrics.jsonl``: each a dict with a ``step`` (else its index is used), an optional
+``split``/``phase`` name and numeric values; losses are drawn in one panel, the other metrics
+(edit success, drawdown, ...) in another.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load_metrics", "plot_report", "results_table", "write_report"]
+
+BAR_METRICS = ("es_edit", "es_rephrase", "dd_locality", "dd_hard_locality")
+SEQUENTIAL_METRICS = ("es", "es_rephrase", "dd_locality")
+TABLE_METRICS = (
+    "es_edit",
+    "es_rephrase",
+    "token_acc_rephrase",
+    "dd_locality",
+    "dd_hard_locality",
+    "edit_latency_ms_median",
+    "edit_latency_ms_p90",
+)
+_NOT_CURVES = {"step", "epoch", "time", "elapsed", "lr", "rate", "seconds", "wall_s", "split", "phase"}
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: tensors and numpy scalars become numbers/lists, paths strings,
+    non-finite floats ``None``."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist") and callable(value.tolist):  # torch / numpy
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise TypeError(f"report value of type {type(value).__name__} is not JSON serialisable: {value!r}")
+
+
+def write_report(
+    results: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    curves: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    title: str | None = None,
+) -> dict[str, Path]:
+    """Write ``out_dir/report.json`` (``results``) and ``out_dir/report.png`` (ES/DD bars per
+    method, the sequential mode beside them, and the training ``curves`` when given).
+    Returns the two paths."""
+    if "methods" not in results or not isinstance(results["methods"], Mapping):
+        raise ValueError("results must hold a 'methods' dict (the output of evaluate_editors)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps(_jsonable(results), indent=2, allow_nan=False) + "\n"
+    json_path = out / "report.json"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(payload)
+    tmp.replace(json_path)
+    png_path = plot_report(results, out / "report.png", curves, title=title)
+    return {"json": json_path, "png": png_path}
+
+
+def _curve_series(curves: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for i, row in enumerate(curves):
+        step = row.get("step", i)
+        prefix = row.get("split") or row.get("phase") or ""
+        for key, value in row.items():
+            if key in _NOT_CURVES or key.endswith(("_s", "_per_s", "_ms")):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                continue
+            name = f"{prefix}/{key}" if prefix else key
+            xs, ys = series.setdefault(name, ([], []))
+            xs.append(float(step))
+            ys.append(float(value))
+    return series
+
+
+def _is_loss(name: str) -> bool:
+    return any(w in name.lower() for w in ("loss", "nll", "kl"))
+
+
+def _bars(ax: Any, methods: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], title: str) -> None:
+    names = list(methods)
+    width = 0.8 / max(1, len(names))
+    for j, method in enumerate(names):
+        values = [methods[method].get(m) for m in metrics]
+        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(metrics))]
+        heights = [v if isinstance(v, int | float) else 0.0 for v in values]
+        bars = ax.bar(xs, heights, width, label=method)
+        for bar, v in zip(bars, values, strict=True):
+            text = "n/a" if v is None else f"{v:.2f}"
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="bottom" if bar.get_height() >= 0 else "top", fontsize=7)  # fmt: skip
+    ax.set_xticks(range(len(metrics)), metrics, rotation=15)
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_ylim(min(-0.1, ax.get_ylim()[0]), max(1.1, ax.get_ylim()[1]))
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+def plot_report(
+    results: Mapping[str, Any],
+    path: str | os.PathLike,
+    curves: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Draw the report figure to ``path`` (PNG, matplotlib Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    methods = results["methods"]
+    sequential = {m: v["sequential"] for m, v in methods.items() if isinstance(v.get("sequential"), Mapping)}
+    series = _curve_series(curves) if curves else {}
+    losses = {k: v for k, v in series.items() if _is_loss(k)}
+    others = {k: v for k, v in series.items() if not _is_loss(k)}
+    panels = ["bars"] + (["sequential"] if sequential else []) + (["losses"] if losses else [])
+    panels += ["others"] if others else []
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        if panel == "bars":
+            _bars(ax, methods, BAR_METRICS, "single edits: ES (higher better) / DD (lower better)")
+        elif panel == "sequential":
+            n = {v.get("n_edits") for v in sequential.values()}
+            _bars(ax, sequential, SEQUENTIAL_METRICS, f"sequential ({'/'.join(map(str, sorted(n)))} edits)")
+        else:
+            for name, (xs, ys) in (losses if panel == "losses" else others).items():
+                ax.plot(xs, ys, label=name, marker="." if len(xs) < 30 else None)
+            ax.set_xlabel("step")
+            ax.set_title("training losses" if panel == "losses" else "training metrics")
+            if panel == "losses" and all(y > 0 for _, ys in losses.values() for y in ys):
+                ax.set_yscale("log")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def load_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines metrics file; a bad line raises ``ValueError`` naming file and line."""
+    rows = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def results_table(results: Mapping[str, Any]) -> str:
+    """The methods' main figures as an aligned plain-text table (one row per method)."""
+    methods = results["methods"]
+    cols = ["method", *TABLE_METRICS, "seq_es", "seq_dd"]
+    rows = []
+    for name, m in methods.items():
+        seq = m.get("sequential") or {}
+        values = [m.get(k) for k in TABLE_METRICS] + [seq.get("es"), seq.get("dd_locality")]
+        rows.append(
+            [name] + ["-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in values]
+        )
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""The Go example client (clients/go) against a live sidecar.
+
+Installs the Debian packages the Go build needs (only when a tool is missing, and only as
+root with apt-get; otherwise the test is skipped with the reason), builds the client with
+``clients/go/build.sh`` (protoc Go stubs + ``go build``, offline, GOPATH mode), runs it
+against the session's ``live_sidecar`` and checks its JSON answers, then checks with the
+Python client that the edit it made is listed as rolled back.
+
+Set ``EDIT_SERVE_SKIP_GO=1`` to skip it explicitly (CI must not).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "clients" / "go" / "build.sh"
+GO_TOOLS = ("go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc")
+DEBIAN_PACKAGES = (
+    "golang-go",
+    "golang-google-grpc-dev",
+    "golang-google-protobuf-dev",
+    # Debian's grpc (1.33) encodes through github.com/golang/protobuf; the 1.3 API it pulls in
+    # by default cannot encode APIv2 messages, 1.5 (a shim over APIv2) can. It replaces 1.3.
+    "golang-github-golang-protobuf-1-5-dev",
+    "protoc-gen-go",
+    "protoc-gen-go-grpc",
+    "protobuf-compiler",
+)
+GOLANG_PROTOBUF = Path("/usr/share/gocode/src/github.com/golang/protobuf/proto/proto.go")
+PROMPT = "Who is the UK prime minister?"
+TARGET = "Boris Johnson"
+
+pytestmark = pytest.mark.slow
+
+
+def _toolchain_missing() -> list[str]:
+    """Names of the tools / Go sources the build needs that are not installed."""
+    missing = [tool for tool in GO_TOOLS if shutil.which(tool) is None]
+    if not GOLANG_PROTOBUF.is_file() or "google.golang.org/protobuf/" not in GOLANG_PROTOBUF.read_text():
+        missing.append("github.com/golang/protobuf>=1.4")
+    return missing
+
+
+def _apt(*args: str, timeout: float) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    done = subprocess.run(["apt-get", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        pytest.fail(
+            f"apt-get {' '.join(args)} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+
+
+@pytest.fixture(scope="module")
+def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the built Go client binary (installs the Debian packages first if needed)."""
+    if os.environ.get("EDIT_SERVE_SKIP_GO") == "1":
+        pytest.skip("EDIT_SERVE_SKIP_GO=1")
+    missing = _toolchain_missing()
+    if missing:
+        if shutil.which("apt-get") is None:
+            pytest.skip(f"Go toolchain missing ({', '.join(missing)}) and no apt-get to install it")
+        if os.geteuid() != 0:
+            pytest.skip(f"Go toolchain missing ({', '.join(missing)}); installing it needs root (apt-get)")
+        _apt("update", timeout=600)
+        _apt("install", "-y", "--no-install-recommends", *DEBIAN_PACKAGES, timeout=1200)
+        still = _toolchain_missing()
+        assert not still, f"apt-get installed {DEBIAN_PACKAGES} but still missing: {still}"
+    out = tmp_path_factory.mktemp("go-client")
+    done = subprocess.run(["bash", str(BUILD_SCRIPT), str(out)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"clients/go/build.sh failed:\n{done.stdout}\n{done.stderr}"
+    binary = Path(done.stdout.strip().splitlines()[-1])
+    assert binary.is_file() and os.access(binary, os.X_OK), f"no binary at {binary}"
+    return binary
+
+
+def _run_go(binary: Path, *args: str) -> tuple[int, dict]:
+    done = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=600)
+    try:
+        return done.returncode, json.loads(done.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"Go client printed no JSON (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+
+def test_go_client_edits_generates_and_rolls_back(live_sidecar, go_client: Path) -> None:
+    from edit_serve.client import EditClient
+    from edit_serve.proto import modeledit_pb2 as pb
+
+    prompt, target = live_sidecar.prompts[-1]
+    code, out = _run_go(
+        go_client,
+        *("-addr", live_sidecar.address, "-token", live_sidecar.token),
+        *("-prompt", prompt, "-target", target),
+        "-check-auth",
+        "-digest",
+    )
+    assert code == 0, f"Go client failed: {out}"
+    start = out["version_start"]
+    assert out["health_status"] == "SERVING"
+    # Without the token the sidecar refuses the Edit.
+    assert out["edit_without_token_code"] == "Unauthenticated"
+    # Generate names the version that produced it; the edit bumps the version by one.
+    assert out["generate_before"]["version"] == start
+    edit = out["edit"]
+    assert edit["edit_id"] and not edit["replayed"]
+    assert edit["version"] == start + 1
+    assert edit["target_logprob_after"] > edit["target_logprob_before"]
+    assert edit["latency_ms"] > 0
+    assert out["generate_after"]["version"] == edit["version"]
+    assert 0 < out["generate_after"]["num_tokens"] <= 8
+    # Rollback returns a new version, the rolled-back id, and bitwise the weights from before.
+    rollback = out["rollback"]
+    assert rollback["version"] == edit["version"] + 1
+    assert rollback["rolled_back"] == [edit["edit_id"]]
+    assert out["generate_after_rollback"]["version"] == rollback["version"]
+    assert out["generate_after_rollback"]["text"] == out["generate_before"]["text"]
+    assert out["version_end"] == rollback["version"]
+    assert len(out["weights_sha256_start"]) == 64
+    assert out["weights_sha256_end"] == out["weights_sha256_start"]
+
+    # The Python client sees the Go client's edit, rolled back, with its provenance.
+    with EditClient(live_sidecar.address, token=live_sidecar.token) as client:
+        info = client.get_edit(edit["edit_id"])
+        assert info.status == pb.EDIT_STATUS_ROLLED_BACK
+        assert info.rolled_back_at
+        assert info.applied_at_version == edit["version"]
+        assert (info.prompt, info.target) == (prompt, target)
+        assert dict(info.provenance) == {"who": "go-client", "why": "clients/go example"}
+        assert edit["edit_id"] not in {e.edit_id for e in client.list_edits()}
+        assert edit["edit_id"] in {e.edit_id for e in client.list_edits(include_rolled_back=True)}
+        assert client.health().version == rollback["version"]
+
+
+def test_go_client_with_a_wrong_token_changes_nothing(live_sidecar, go_client: Path) -> None:
+    from edit_serve.client import EditClient
+
+    prompt, target = live_sidecar.prompts[-2]
+    with EditClient(live_sidecar.address) as client:
+        before = client.health()
+        code, out = _run_go(
+            go_client,
+            *("-addr", live_sidecar.address, "-token", "not-" + live_sidecar.token),
+            *("-prompt", prompt, "-target", target),
+        )
+        assert code == 1
+        assert (out["step"], out["code"]) == ("edit", "Unauthenticated")
+        assert "authorization" in out["error"]
+        after = client.health()
+    assert (after.version, after.active_edits) == (before.version, before.active_edits)

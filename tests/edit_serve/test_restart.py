@@ -1,0 +1,230 @@
+"""The `edit-serve` command in a subprocess: kill -9 right after an acknowledged edit, restart,
+and nothing acknowledged is lost (bitwise); a corrupt journal refuses to start."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edit_serve import EditClient, EditJournal, JournalLockedError
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TOKEN = "restart-token"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+        COLUMNS="400",
+    )
+    return env
+
+
+class ServerProcess:
+    """``python -m edit_serve ...`` in its own process group; ``address`` once it serves."""
+
+    def __init__(self, args: list[str], timeout: float = 180.0) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edit_serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(),
+            start_new_session=True,
+        )
+        self.address: str | None = None
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                m = re.search(r"serving .* on (\S+) \(journal", line)
+                if m:
+                    self.address = m.group(1)
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        ready.wait(timeout)
+        if self.address is None:
+            self.kill()
+            raise AssertionError("edit-serve did not start:\n" + "".join(self.lines[-40:]))
+
+    def kill(self) -> None:
+        """SIGKILL the server process, then everything it started (Ray's processes)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+
+def _wait_journal_free(journal: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            EditJournal(journal).close()
+            return
+        except JournalLockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_kill_9_after_an_acknowledged_edit_then_restart(tiny_artifacts, tmp_path, replay_digest) -> None:
+    journal = tmp_path / "journal"
+    args = [
+        "--model",
+        str(tiny_artifacts.model_dir),
+        "--editor",
+        str(tiny_artifacts.editor_dir),
+        "--journal",
+        str(journal),
+        "--port",
+        "0",
+        "--token",
+        TOKEN,
+    ]
+    (pa, ta), (pb, tb), (pc, tc) = tiny_artifacts.prompts[:3]
+    server = ServerProcess(args)
+    try:
+        with EditClient(server.address, token=TOKEN) as c:
+            a = c.edit(pa, ta, idempotency_key="a")
+            b = c.edit(pb, tb, idempotency_key="b")
+            digest_ab = c.health(weights_digest=True).weights_sha256
+            edited = c.generate(pc, max_new_tokens=6)
+            last = c.edit(pc, tc, idempotency_key="c")  # acknowledged ...
+            server.kill()  # ... and the server dies at once
+    finally:
+        server.kill()
+    _wait_journal_free(journal)
+
+    server = ServerProcess(args)
+    try:
+        with EditClient(server.address, token=TOKEN) as c:
+            h = c.health(weights_digest=True)
+            assert h.version == 3 and h.active_edits == 3
+            assert [e.edit_id for e in c.list_edits()] == [a.edit_id, b.edit_id, last.edit_id]
+            assert h.weights_sha256 == replay_digest(
+                tiny_artifacts.model_dir, tiny_artifacts.editor_dir, journal
+            )
+            retry = c.edit(pc, tc, idempotency_key="c")  # the client retries: applied once
+            assert retry.replayed and retry.edit_id == last.edit_id and c.health().version == 3
+            c.rollback(edit_id=last.edit_id)
+            assert c.health(weights_digest=True).weights_sha256 == digest_ab
+            assert c.generate(pc, max_new_tokens=6).text == edited.text
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n--- restarted server log ---\n{''.join(server.lines[-60:])}") from err
+    finally:
+        server.kill()
+
+
+def test_corrupt_journal_refuses_to_start(tiny_artifacts, tmp_path) -> None:
+    journal = tmp_path / "journal"
+    with EditJournal(journal) as j:
+        j.append_rollback([])  # a valid entry 1
+        j.append_rollback([])  # entry 2, damaged below
+    rec = journal / "00000002.json"
+    rec.write_text(rec.read_text()[:-20])  # torn write
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edit_serve",
+            "--model",
+            str(tiny_artifacts.model_dir),
+            "--editor",
+            str(tiny_artifacts.editor_dir),
+            "--journal",
+            str(journal),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "entry 00000002" in out.stderr and "--skip-corrupt 2" in out.stderr
+    assert rec.exists() and not (journal / "quarantine").exists()  # nothing was moved or lost
+
+
+def test_cli_refuses_directories_without_model_or_editor(tiny_artifacts, tmp_path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edit_serve",
+            "--model",
+            str(empty),
+            "--editor",
+            str(tiny_artifacts.model_dir),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "no config.json" in out.stderr and "no editor.safetensors" in out.stderr
+
+
+def test_cli_help_lists_the_options() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "edit_serve", "--help"], capture_output=True, text=True, env=_env(), timeout=60
+    )
+    assert out.returncode == 0
+    for option in (
+        "--model",
+        "--editor",
+        "--journal",
+        "--host",
+        "--port",
+        "--num-gpus",
+        "--token",
+        "--skip-corrupt",
+    ):
+        assert option in out.stdout
+
+
+def test_default_paths_are_runs_default(tmp_path) -> None:
+    """Without --model/--editor the command looks in runs/default (here: runs the default job,
+    which we replace by a fake `edit-train` that fails, to check it is called)."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    fake = fake_bin / "edit-train"
+    fake.write_text(f"#!/bin/sh\necho ran > {tmp_path / 'called'}\nexit 3\n")
+    fake.chmod(0o755)
+    env = _env()
+    env["PATH"] = f"{fake_bin}{os.pathsep}{env.get('PATH', '')}"
+    out = subprocess.run(
+        [sys.executable, "-m", "edit_serve"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert (tmp_path / "called").exists(), out.stdout + out.stderr
+    assert out.returncode == 3 and "runs/default" in out.stdout
+    shutil.rmtree(fake_bin)

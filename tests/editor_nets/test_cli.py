@@ -1,0 +1,92 @@
+"""Command line smoke tests: the main job with --quick settings, edit-eval, edit-apply, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from typer.testing import CliRunner
+
+from editor_nets.cli import apply_app, eval_app, train_app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = runner.invoke(train_app, ["--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out, result.output
+
+
+@pytest.mark.slow
+def test_quick_main_job_writes_everything(quick_run):
+    out, output = quick_run
+    for rel in ("model/config.json", "editor/config.json", "editor/editor.safetensors", "data/edit_data.json",
+                "report.json", "report.png", "metrics.jsonl"):  # fmt: skip
+        assert (out / rel).is_file(), rel
+    report = json.loads((out / "report.json").read_text())
+    for method in ("MEND", "FT", "FT+KL"):
+        entry = report["methods"][method]
+        for key in ("es_edit", "es_rephrase", "dd_locality", "dd_hard_locality", "edit_latency_ms_median"):
+            assert key in entry, (method, key)
+    seq = report["methods"]["MEND"]["sequential"]
+    assert {"n_edits", "es", "dd_locality"} <= set(seq)
+    assert 0.0 <= report["pretrain"]["qa_accuracy"] <= 1.0
+    editor_cfg = json.loads((out / "editor/config.json").read_text())
+    assert editor_cfg["base_model"] == str(out / "model")
+    assert editor_cfg["eval_results"]["es_edit"] == report["methods"]["MEND"]["es_edit"]
+    assert len(editor_cfg["weights_hash"]) == 64
+    phases = {json.loads(line).get("phase") for line in (out / "metrics.jsonl").read_text().splitlines()}
+    assert {"pretrain", "meta-train", "validation"} <= phases
+    assert str(out / "report.json") in output
+
+
+@pytest.mark.slow
+def test_apply_prints_before_and_after(quick_run, tmp_path):
+    out, _ = quick_run
+    from edit_data import load_saved
+
+    record = load_saved(out / "data")["test"][0]
+    delta_file = tmp_path / "edit.safetensors"
+    result = runner.invoke(
+        apply_app,
+        ["--editor", str(out / "editor"), "--prompt", record.prompt, "--target", record.target,
+         "--rephrase", record.rephrases[0], "--save-delta", str(delta_file)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert result.output.count("before:") == 2 and result.output.count("after:") == 2
+    assert record.rephrases[0] in result.output
+    from editor_nets import EditDelta
+
+    assert EditDelta.load(delta_file).norm() > 0
+
+
+@pytest.mark.slow
+def test_eval_command(quick_run, tmp_path):
+    out, _ = quick_run
+    result = runner.invoke(
+        eval_app,
+        ["--editor", str(out / "editor"), "--data", str(out / "data"), "--modes", "single",
+         "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "MEND" in result.output
+    assert "MEND" in json.loads((tmp_path / "report.json").read_text())["methods"]
+
+
+def test_bad_config_and_arguments_are_named(tmp_path):
+    bad = tmp_path / "job.json"
+    bad.write_text('{"meta": {"stepz": 3}}')
+    result = runner.invoke(train_app, ["--config", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "stepz" in result.output and "job.json" in result.output
+    assert not (tmp_path / "o").exists()
+    result = runner.invoke(train_app, ["--model", "nowhere", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--data" in result.output
+    result = runner.invoke(apply_app, ["--editor", str(tmp_path), "--prompt", "a", "--target", "b"])
+    assert result.exit_code == 2 and "config.json" in result.output

@@ -1,0 +1,141 @@
+"""Meta-training: a few steps reduce the edit loss; resume; non-finite steps are skipped."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from edit_data import build_world, split_records, train_tokenizer  # noqa: E402
+from editor_nets import MendEditor, MetaTrainConfig, meta_loss, meta_train  # noqa: E402
+from editor_nets.train import _out_of_scope, locality_pool, resample_target  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup():
+    world = build_world(n_entities=24, seed=0)
+    tok = train_tokenizer(world.corpus + [r.target for r in world.records])
+    config = transformers.GPT2Config(
+        vocab_size=len(tok), n_positions=32, n_embd=32, n_layer=2, n_head=2,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    splits = split_records(world.records, seed=0)
+    return model, tok, splits
+
+
+def _mean_edit_nll(editor, model, tok, records, config) -> float:
+    rng = random.Random(123)  # same rephrasings / locality prompts every time
+    editor.train()
+    with torch.no_grad():
+        losses = [meta_loss(editor, model, tok, [r], config, rng)[1]["nll"] for r in records]
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.slow
+def test_meta_training_reduces_edit_loss(setup, tmp_path):
+    model, tok, splits = setup
+    config = MetaTrainConfig(steps=40, grad_accum=1, lr=3e-3, lr_alpha=3e-2, c_edit=1.0, val_every=20,
+                             val_edits=4, patience=10, seed=0)  # fmt: skip
+    editor = MendEditor.for_model(model, rank=32, alpha_init=1e-3)  # a weak edit to start from
+    held = splits["train"][:8]
+    before = _mean_edit_nll(editor, model, tok, held, config)
+    weights_before = {k: v.clone() for k, v in model.state_dict().items()}
+    summary = meta_train(editor, model, tok, splits["train"], splits["validation"], config, tmp_path)
+    after = _mean_edit_nll(editor, model, tok, held, config)
+    assert after < 0.95 * before, (before, after)  # NLL of the new targets after the edit
+    assert summary["steps"] == 40 and summary["skipped_steps"] == 0
+    # the base model is untouched and trainable again; the editor learned step sizes
+    assert all(torch.equal(v, weights_before[k]) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+    assert not torch.allclose(editor.alpha, torch.full_like(editor.alpha, 1e-3))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("phase") == "validation"] == [20, 40]
+    assert {"loss", "nll", "kl", "es"} <= set(next(r for r in rows if r.get("phase") == "meta-train"))
+    assert (tmp_path / "editor.safetensors").is_file() and (tmp_path / "train_state.pt").is_file()
+
+
+def test_resume_continues_where_it_stopped(setup, tmp_path):
+    model, tok, splits = setup
+    config = MetaTrainConfig(steps=4, grad_accum=1, val_every=2, val_edits=2, patience=10)
+    editor = MendEditor.for_model(model, rank=8, alpha_init=0.05)
+    meta_train(editor, model, tok, splits["train"], splits["validation"], config, tmp_path)
+    state = torch.load(tmp_path / "train_state.pt", weights_only=False)
+    assert state["step"] == 4
+    longer = MetaTrainConfig(steps=6, grad_accum=1, val_every=2, val_edits=2, patience=10)
+    fresh = MendEditor.for_model(model, rank=8, alpha_init=0.05)
+    summary = meta_train(
+        fresh, model, tok, splits["train"], splits["validation"], longer, tmp_path, resume=True
+    )
+    assert summary["steps"] == 6
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x).get("phase") == "validation"]  # fmt: skip
+    assert steps == [2, 4, 6]
+
+
+def test_non_finite_steps_are_skipped(setup, tmp_path):
+    model, tok, splits = setup
+    editor = MendEditor.for_model(model, rank=8, alpha_init=0.05)
+    with torch.no_grad():
+        editor.alpha[0] = float("nan")
+    net_before = {k: v.clone() for k, v in editor.state_dict().items() if "norm" not in k}
+    config = MetaTrainConfig(steps=3, grad_accum=1, val_every=100, val_edits=0, patience=10)
+    summary = meta_train(editor, model, tok, splits["train"], [], config, tmp_path)
+    assert summary["skipped_steps"] == 3
+    after = {k: v for k, v in editor.state_dict().items() if "norm" not in k}
+    for k, v in net_before.items():
+        assert torch.equal(v, after[k]) or (torch.isnan(v).any() and k == "alpha"), k
+
+
+def test_training_on_top_of_prior_edits_leaves_model_unchanged(setup, tmp_path):
+    """Sequential-editing practice: each step first edits the model in place with earlier
+    training records, then restores it bitwise."""
+    model, tok, splits = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = MetaTrainConfig(
+        steps=3, grad_accum=2, max_prior_edits=3, val_every=3, val_edits=3, val_sequential=3
+    )
+    editor = MendEditor.for_model(model, rank=8, alpha_init=0.05)
+    summary = meta_train(editor, model, tok, splits["train"], splits["validation"], config, tmp_path)
+    assert summary["steps"] == 3 and "es_sequential" in summary["best_validation"]
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_resampled_targets_come_from_same_relation_and_differ_from_the_truth():
+    world = build_world(n_entities=24, seed=0)
+    train = split_records(world.records, seed=0)["train"]
+    rng = random.Random(0)
+    for record in train[:20]:
+        same = [r for r in train if r.relation == record.relation]
+        pool = {a for r in same if r is not record for a in (r.original, r.target)}
+        seen = set()
+        for _ in range(30):
+            new = resample_target(record, same, rng)
+            assert new.target in pool and new.target != record.original, (record, new.target)
+            assert (new.prompt, new.rephrases, new.original) == (
+                record.prompt,
+                record.rephrases,
+                record.original,
+            )
+            seen.add(new.target)
+        assert len(seen) > 1 or len(pool - {record.original}) == 1  # really resampled
+    lone = train[0]
+    assert resample_target(lone, [lone], rng).target == lone.target  # empty pool: own target
+    no_relation = dataclasses.replace(lone, relation=None)
+    assert resample_target(no_relation, train, rng).target == lone.target
+
+
+def test_global_locality_pool_skips_the_edited_subject(setup):
+    _, _, splits = setup
+    train = splits["train"]
+    pool = locality_pool(train)
+    assert {x.prompt for r in train for x in r.locality} == {x.prompt for x in pool}
+    record = next(r for r in train if any(r.subject in x.prompt for x in pool))
+    prompts, _ = _out_of_scope([record], 50, 0, random.Random(0), pool)
+    assert prompts and not any(record.subject in p for p in prompts)
