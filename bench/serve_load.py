@@ -79,34 +79,14 @@ def resolve_assets(scratch: Path) -> Assets:
     if (model / "config.json").is_file() and (editor / "config.json").is_file():
         return Assets(model, editor, "runs/default", _world_pairs(DEFAULT_RUN / "data"))
 
-    import torch
-    import transformers
+    from edit_serve.loading import write_tiny_artifacts
 
-    from edit_data import build_world, train_tokenizer
-    from editor_nets.mend import MendEditor
-
-    world = build_world(seed=0)
-    tokenizer = train_tokenizer(world.corpus)
-    config = transformers.GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=64,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    lm = transformers.GPT2LMHeadModel(config).eval()
-    lm.save_pretrained(scratch / "model")
-    tokenizer.save_pretrained(scratch / "model")
-    MendEditor.for_model(lm, rank=16, alpha_init=1e-1).save_pretrained(scratch / "editor")
+    pairs = write_tiny_artifacts(scratch, n_entities=120, width=64, n_positions=128, rank=16)
     return Assets(
         scratch / "model",
         scratch / "editor",
         "tiny (built on the fly: GPT-2 2x64, fresh MEND editor)",
-        [(r.prompt, r.target) for r in world.records],
+        pairs,
     )
 
 

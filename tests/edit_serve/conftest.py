@@ -45,33 +45,9 @@ class TinyArtifacts:
 
 def build_artifacts(root: Path) -> TinyArtifacts:
     """Write ``root/model`` (tiny GPT-2 + tokenizer) and ``root/editor`` (fresh MendEditor)."""
-    import torch
-    import transformers
+    from edit_serve.loading import write_tiny_artifacts
 
-    from edit_data import build_world, train_tokenizer
-    from editor_nets import MendEditor
-
-    world = build_world(n_entities=24, seed=0)
-    tokenizer = train_tokenizer(world.corpus)
-    config = transformers.GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    # alpha 1e-1: an untrained (identity) editor is one fine-tuning step of this size,
-    # big enough that an edit visibly moves the tiny model.
-    editor = MendEditor.for_model(model, rank=8, alpha_init=1e-1)
-    editor.save_pretrained(root / "editor")
-    prompts = [(r.prompt, r.target) for r in world.records[:12]]
+    prompts = write_tiny_artifacts(root, n_entities=24, width=32, n_positions=64, rank=8)[:12]
     return TinyArtifacts(root / "model", root / "editor", prompts)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["LoadedModel", "device_label", "load_model"]
+__all__ = ["LoadedModel", "device_label", "load_model", "write_tiny_artifacts"]
 
 
 @dataclass
@@ -76,3 +76,44 @@ def load_model(model_dir: str | Path, editor_dir: str | Path, *, num_gpus: int =
     editor = MendEditor.from_pretrained(editor_dir, model=model)
     editor.to(model.get_input_embeddings().weight.device)
     return LoadedModel(model, tokenizer, editor, device_label(model))
+
+
+def write_tiny_artifacts(
+    root: str | Path,
+    *,
+    n_entities: int = 24,
+    width: int = 32,
+    n_positions: int = 64,
+    rank: int = 8,
+    seed: int = 0,
+) -> list[tuple[str, str]]:
+    """Write ``root/model`` (a tiny random GPT-2 + word-level tokenizer of the synthetic world) and
+    ``root/editor`` (a fresh, identity MendEditor), for tests and benchmarks that need a servable
+    pair in seconds. Returns the world's ``(prompt, target)`` edit pairs.
+
+    ``alpha_init=0.1``: an untrained editor is one fine-tuning step of that size, big enough that
+    an edit visibly moves the tiny model."""
+    import transformers
+
+    from edit_data import build_world, train_tokenizer
+    from editor_nets import MendEditor
+
+    root = Path(root)
+    world = build_world(n_entities=n_entities, seed=seed)
+    tokenizer = train_tokenizer(world.corpus)
+    config = transformers.GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=width,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    MendEditor.for_model(model, rank=rank, alpha_init=1e-1).save_pretrained(root / "editor")
+    return [(r.prompt, r.target) for r in world.records]
