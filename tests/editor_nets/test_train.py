@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 
@@ -13,7 +12,6 @@ transformers = pytest.importorskip("transformers")
 
 from edit_data import build_world, split_records, train_tokenizer  # noqa: E402
 from editor_nets import MendEditor, MetaTrainConfig, meta_loss, meta_train  # noqa: E402
-from editor_nets.train import _out_of_scope, locality_pool, resample_target  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -105,37 +103,3 @@ def test_training_on_top_of_prior_edits_leaves_model_unchanged(setup, tmp_path):
     summary = meta_train(editor, model, tok, splits["train"], splits["validation"], config, tmp_path)
     assert summary["steps"] == 3 and "es_sequential" in summary["best_validation"]
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-
-
-def test_resampled_targets_come_from_same_relation_and_differ_from_the_truth():
-    world = build_world(n_entities=24, seed=0)
-    train = split_records(world.records, seed=0)["train"]
-    rng = random.Random(0)
-    for record in train[:20]:
-        same = [r for r in train if r.relation == record.relation]
-        pool = {a for r in same if r is not record for a in (r.original, r.target)}
-        seen = set()
-        for _ in range(30):
-            new = resample_target(record, same, rng)
-            assert new.target in pool and new.target != record.original, (record, new.target)
-            assert (new.prompt, new.rephrases, new.original) == (
-                record.prompt,
-                record.rephrases,
-                record.original,
-            )
-            seen.add(new.target)
-        assert len(seen) > 1 or len(pool - {record.original}) == 1  # really resampled
-    lone = train[0]
-    assert resample_target(lone, [lone], rng).target == lone.target  # empty pool: own target
-    no_relation = dataclasses.replace(lone, relation=None)
-    assert resample_target(no_relation, train, rng).target == lone.target
-
-
-def test_global_locality_pool_skips_the_edited_subject(setup):
-    _, _, splits = setup
-    train = splits["train"]
-    pool = locality_pool(train)
-    assert {x.prompt for r in train for x in r.locality} == {x.prompt for x in pool}
-    record = next(r for r in train if any(r.subject in x.prompt for x in pool))
-    prompts, _ = _out_of_scope([record], 50, 0, random.Random(0), pool)
-    assert prompts and not any(record.subject in p for p in prompts)

@@ -9,11 +9,6 @@ low-rank update is added inside each edited layer's forward) on
 
 ``loss = c_edit * NLL + c_loc * KL`` is back-propagated into the editor networks and the
 per-layer step sizes ``alpha`` (own parameter group, own learning rate).
-
-Two augmentations keep the editor from memorising the training edits (each has one fixed
-counterfactual target and three fixed locality prompts): ``resample_targets`` gives each sampled
-edit a fresh target (another training answer of the same relation), and ``global_locality`` draws
-its locality prompts from all training records' locality examples.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,16 +32,9 @@ from editor_nets.families import answer_logits, edit_batch
 from editor_nets.mend import MendEditor, edit_factors
 
 if TYPE_CHECKING:
-    from edit_data import EditRecord, LocalityExample
+    from edit_data import EditRecord
 
-__all__ = [
-    "MetaTrainConfig",
-    "locality_pool",
-    "meta_loss",
-    "meta_train",
-    "resample_target",
-    "validate_editor",
-]
+__all__ = ["MetaTrainConfig", "meta_loss", "meta_train", "validate_editor"]
 
 STATE_NAME = "train_state.pt"
 
@@ -75,8 +63,6 @@ class MetaTrainConfig:
     max_prior_edits: int = 0
     patience: int = 4
     seed: int = 0
-    resample_targets: bool = True
-    global_locality: bool = True
 
 
 def _in_scope(
@@ -93,58 +79,19 @@ def _in_scope(
 
 
 def _out_of_scope(
-    records: Sequence[EditRecord],
-    n_locality: int,
-    n_hard: int,
-    rng: random.Random,
-    shared_pool: Sequence[LocalityExample] = (),
+    records: Sequence[EditRecord], n_locality: int, n_hard: int, rng: random.Random
 ) -> tuple[list[str], list[str]]:
-    """Locality prompts: ``n_locality`` from ``shared_pool`` (those not naming the record's
-    subject) when given, else from the record's own ``locality``; plus ``n_hard`` of its own
-    ``hard_locality``."""
     prompts, answers = [], []
     for r in records:
-        if shared_pool:
-            pool = [x for x in shared_pool if not r.subject or r.subject not in x.prompt]
-            chosen = rng.sample(pool, min(n_locality, len(pool)))
-        else:
-            pool = list(r.locality)
-            rng.shuffle(pool)
-            chosen = pool[:n_locality]
+        pool = list(r.locality)
+        rng.shuffle(pool)
+        chosen = pool[:n_locality]
         if n_hard and r.hard_locality:
             chosen = [*chosen, *rng.sample(r.hard_locality, min(n_hard, len(r.hard_locality)))]
         for x in chosen:
             prompts.append(x.prompt)
             answers.append(x.answer)
     return prompts, answers
-
-
-def locality_pool(records: Sequence[EditRecord], *, hard: bool = False) -> list[LocalityExample]:
-    """The distinct locality examples (and ``hard_locality`` ones with ``hard``) of ``records``."""
-    seen: dict[str, LocalityExample] = {}
-    for r in records:
-        for x in [*r.locality, *(r.hard_locality if hard else [])]:
-            seen.setdefault(x.prompt, x)
-    return list(seen.values())
-
-
-def resample_target(
-    record: EditRecord, same_relation: Sequence[EditRecord], rng: random.Random
-) -> EditRecord:
-    """``record`` with a new target drawn from the answers (``original`` and ``target``) of the
-    other records in ``same_relation``, never its own ``original``; unchanged when there is none."""
-    if not record.relation:
-        return record
-    answers = {
-        a
-        for other in same_relation
-        if other is not record and other.relation == record.relation
-        for a in (other.original, other.target)
-        if a and a != record.original
-    }
-    if not answers:
-        return record
-    return replace(record, target=rng.choice(sorted(answers)))
 
 
 def _exact_match(logits: Tensor, labels: Tensor, rows: Tensor, n: int) -> Tensor:
@@ -164,13 +111,11 @@ def meta_loss(
     rng: random.Random,
     *,
     keep: Sequence[EditRecord] = (),
-    shared_locality: Sequence[LocalityExample] = (),
 ) -> tuple[Tensor, dict[str, float]]:
     """The meta-loss of one (batched) edit of ``records``, differentiable in the editor.
 
     ``keep`` are earlier edits already applied to ``model`` (sequential editing): their prompts join
     the locality prompts, so the new edit must keep them answering their new targets.
-    ``shared_locality``: draw the locality prompts from this pool instead of each record's own.
     Returns ``(loss, stats)`` with ``stats`` holding ``nll``, ``kl``, ``es`` (in-scope exact match)
     and ``loc_acc`` (post-edit locality agreement with the pre-edit argmax)."""
     kind = editor.config.kind
@@ -181,7 +126,7 @@ def meta_loss(
     in_p, in_t = _in_scope(records, config.n_rephrases, rng)
     in_batch = edit_batch(model, tokenizer, in_p, in_t, kind=kind)
     n_hard = config.n_hard_locality if config.hard_locality else 0
-    loc_p, loc_a = _out_of_scope(records, config.n_locality, n_hard, rng, shared_locality)
+    loc_p, loc_a = _out_of_scope(records, config.n_locality, n_hard, rng)
     loc_p, loc_a = loc_p + [r.prompt for r in keep], loc_a + [r.target for r in keep]
     loc_batch = edit_batch(model, tokenizer, loc_p, loc_a, kind=kind) if loc_p else None
     with torch.no_grad():
@@ -347,18 +292,6 @@ def meta_train(
         ]
     )
     val_set = list(val_records)[: config.val_edits]
-    by_relation: dict[str | None, list[EditRecord]] = {}
-    for r in train_records:
-        by_relation.setdefault(r.relation, []).append(r)
-    shared_locality = (
-        locality_pool(train_records, hard=config.hard_locality) if config.global_locality else []
-    )
-
-    def augment(rs: list[EditRecord]) -> list[EditRecord]:
-        if not config.resample_targets:
-            return rs
-        return [resample_target(r, by_relation.get(r.relation, []), rng) for r in rs]
-
     start, best, best_val, bad_evals, skipped = 0, -math.inf, None, 0, 0
     state_file = out_dir / STATE_NAME
     if resume and state_file.is_file():
@@ -400,20 +333,10 @@ def meta_train(
             finite = True
             for _ in range(config.grad_accum):
                 records = rng.sample(list(train_records), min(config.edit_batch_size, len(train_records)))
-                prior = augment(_prior_records(train_records, records, config.max_prior_edits, rng))
-                records = augment(records)
+                prior = _prior_records(train_records, records, config.max_prior_edits, rng)
                 snapshot = _apply_prior_edits(editor, model, tokenizer, prior)
                 try:  # backward before restoring: the graph holds the edited weights
-                    loss, stats = meta_loss(
-                        editor,
-                        model,
-                        tokenizer,
-                        records,
-                        config,
-                        rng,
-                        keep=prior,
-                        shared_locality=shared_locality,
-                    )
+                    loss, stats = meta_loss(editor, model, tokenizer, records, config, rng, keep=prior)
                     if torch.isfinite(loss):
                         (loss / config.grad_accum).backward()
                 finally:
