@@ -225,6 +225,7 @@ def edit_vs_fine_tuning(run_dir: Path | None, n_edits: int, seed: int = 0) -> di
             "ft_es_edit": sum(hits) / len(hits),
             "ft_steps_median": statistics.median(steps),
         }
+    in_scope = ft_to_in_scope_success(model, tok, editor, records, [r[0] for r in rows])
     torch.set_num_threads(threads)
     both = [r for r in rows if r[1] and r[3]]
     used = both or rows
@@ -247,6 +248,72 @@ def edit_vs_fine_tuning(run_dir: Path | None, n_edits: int, seed: int = 0) -> di
         "target_ratio": 0.1,
         "timing": "fastest of 3 per edit, 1 torch thread; medians over edits",
         "ft_other_learning_rates": sweep,
+        "in_scope": in_scope,
+    }
+
+
+def ft_to_in_scope_success(
+    model: nn.Module, tok, editor, records, mend_ms: list[float], lr: float = 1e-3, max_steps: int = 200
+) -> dict:
+    """MEND's edit success counts the rephrasings too: time FT (Adam on the edit prompt, the
+    evaluation's FT) until it answers as many in-scope prompts (edit prompt + rephrasings) with the
+    new target as MEND's edit did, checking after every step (the checks are not timed). An edit
+    FT does not bring there in ``max_steps`` counts with the time of those steps, a lower bound of
+    its real time, so the ratio is an upper bound."""
+    from editor_nets.baselines import _edited_weights
+    from editor_nets.delta import restore_weights
+    from editor_nets.evaluate import make_batch, model_logits, score_targets, target_hits
+
+    def hits(record) -> int:
+        prompts = [record.prompt, *record.rephrases]
+        return int(score_targets(model, tok, prompts, [record.target] * len(prompts)).exact.sum())
+
+    rows = []
+    for record, t_mend in zip(records, mend_ms, strict=True):  # MEND's time: fastest of 3, as above
+        snapshot = editor.edit(model, tok, [record])
+        goal = hits(record)
+        restore_weights(model, snapshot)
+        weights = _edited_weights(model, editor.config.targets)
+        originals = {n: w.detach().clone() for n, w in weights.items()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = list(weights.values())
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=lr)
+        batch = make_batch(model, tok, [record.prompt], [record.target], kind="causal")
+        spent, steps, reached = 0.0, 0, goal == 0
+        while not reached and steps < max_steps:
+            start = time.perf_counter()
+            _, n_tokens, nll = target_hits("causal", model_logits(model, batch, "causal"), batch["labels"])
+            opt.zero_grad(set_to_none=True)
+            (nll.sum() / n_tokens.sum().clamp(min=1)).backward()
+            opt.step()
+            spent += (time.perf_counter() - start) * 1000.0
+            steps += 1
+            with torch.no_grad():
+                reached = hits(record) >= goal
+        with torch.no_grad():
+            for n, w in weights.items():
+                w.copy_(originals[n])
+        for p in model.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+        rows.append((t_mend, goal, spent, steps, reached))
+    mend_ms = statistics.median(r[0] for r in rows)
+    ft_ms = statistics.median(r[2] for r in rows)
+    return {
+        "definition": "FT steps until as many in-scope prompts (edit prompt + rephrasings) hit as with MEND",
+        "mend_in_scope_hits_mean": sum(r[1] for r in rows) / len(rows),
+        "ft_reached": sum(r[4] for r in rows),
+        "ft_not_reached_in_max_steps": sum(not r[4] for r in rows),
+        "ft_max_steps": max_steps,
+        "ft_lr": lr,
+        "ft_steps_median": statistics.median(r[3] for r in rows),
+        "mend_edit_ms_median": mend_ms,
+        "ft_ms_median": ft_ms,
+        "ratio_edit_over_ft": mend_ms / ft_ms,
+        "ratio_is": "an upper bound" if any(not r[4] for r in rows) else "exact",
     }
 
 
@@ -442,7 +509,12 @@ def plot(results: dict, path: Path) -> None:
                 ["MEND edit", "FT to success"],
                 [r["mend_edit_ms_median"], r["ft_to_success_ms_median"]],
             )
-            title, unit = f"trained default: ratio {r['ratio_edit_over_ft']:.3f}", "ms"
+            title = f"trained default: ratio {r['ratio_edit_over_ft']:.3f}"
+            if "in_scope" in r:
+                labels.append("FT to MEND's\nin-scope success")
+                values.append(r["in_scope"]["ft_ms_median"])
+                title += f" (in-scope: {r['in_scope']['ratio_edit_over_ft']:.3f})"
+            unit = "ms"
         else:
             lo, de = r["lowrank"], r["dense"]
             labels = ["step: low-rank", "step: dense", "model part: low-rank", "model part: dense"]
@@ -506,6 +578,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"(ES {r['mend_es_edit']:.2f}) / FT to success {r['ft_to_success_ms_median']:.1f} ms "
             f"(ES {r['ft_es_edit']:.2f}, median {r['ft_steps_median']} steps) = {r['ratio_edit_over_ft']:.4f} "
             f"(target <= 0.1; over {r['ratio_over']})"
+        )
+        q = r["in_scope"]
+        print(
+            f"[bench] same in-scope success as MEND (prompt + rephrasings): MEND {q['mend_edit_ms_median']:.2f} ms "
+            f"/ FT {q['ft_ms_median']:.1f} ms (median {q['ft_steps_median']} steps; {q['ft_not_reached_in_max_steps']} "
+            f"of {r['n_edits']} edits not reached in {q['ft_max_steps']} steps) = {q['ratio_edit_over_ft']:.4f} "
+            f"({q['ratio_is']}; target <= 0.1)"
         )
     if "memory" not in args.skip:
         r = results["memory"] = {**memory_ratio(args.seed), **stamp}

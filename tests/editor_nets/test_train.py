@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -103,3 +104,25 @@ def test_training_on_top_of_prior_edits_leaves_model_unchanged(setup, tmp_path):
     summary = meta_train(editor, model, tok, splits["train"], splits["validation"], config, tmp_path)
     assert summary["steps"] == 3 and "es_sequential" in summary["best_validation"]
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_cosine_decay_lowers_every_groups_rate_and_survives_resume(setup, tmp_path):
+    """With ``cosine_decay`` each parameter group's rate follows 0.1 + 0.45 (1 + cos(pi t / T)) of its
+    own base rate; a resumed run recomputes it from the configuration, not from the saved state."""
+    model, tok, splits = setup
+    config = MetaTrainConfig(steps=4, grad_accum=1, val_every=2, val_edits=2, patience=10, cosine_decay=True,
+                             lr=1e-3, lr_gate=2e-3, lr_alpha=4e-3)  # fmt: skip
+    editor = MendEditor.for_model(model, rank=8, alpha_init=0.05)
+    meta_train(editor, model, tok, splits["train"][:6], splits["validation"], config, tmp_path)
+    state = torch.load(tmp_path / "train_state.pt", weights_only=False)
+    factor = 0.1 + 0.45 * (1 + math.cos(math.pi * 3 / 4))  # the rate of the last step (t = 3)
+    rates = [g["lr"] for g in state["optimizer"]["param_groups"]]
+    assert rates == pytest.approx([1e-3 * factor, 2e-3 * factor, 4e-3 * factor])
+    assert factor < 0.25  # well below the base rates
+    longer = MetaTrainConfig(**{**config.__dict__, "steps": 6})
+    meta_train(editor, model, tok, splits["train"][:6], splits["validation"], longer, tmp_path, resume=True)
+    state = torch.load(tmp_path / "train_state.pt", weights_only=False)
+    factor = 0.1 + 0.45 * (1 + math.cos(math.pi * 5 / 6))
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == pytest.approx(
+        [1e-3 * factor, 2e-3 * factor, 4e-3 * factor]
+    )

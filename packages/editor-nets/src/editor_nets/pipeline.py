@@ -45,13 +45,15 @@ class WorldConfig:
     n_entities: int = 120
     seed: int = 0
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    n_locality: int = 10  # locality prompts per record: 10 make validation and test drawdown finer
+    n_hard_locality: int = 2
 
 
 @dataclass
 class MendSettings:
     """``MendConfig`` fields chosen by the job (the rest come from the model)."""
 
-    rank: int = 1920
+    rank: int = 128  # MendConfig's default is the paper's 1920 (capped at the width)
     n_layers: int = 2
     input_mode: str = "concat"
     alpha_init: float = 0.3
@@ -74,11 +76,25 @@ class EvalConfig:
 # The main job's meta-training settings, chosen on the validation split of the default world:
 # single edits, 3 per optimizer step, each made on top of 0-4 earlier training edits (sequential
 # practice); a stronger edit term than MetaTrainConfig's paper default (c_edit 0.1, which on this
-# tiny model learned too slowly); locality prompts from other subjects only.
+# tiny model learned too slowly); locality prompts from other subjects only. The job's editor rank
+# is 128 rather than the paper's 1920: on this model's widths (640 = 128 + 512) the cap makes 1920 a
+# full-rank editor, which fit the 229 training edits with less local updates (held-out drawdown
+# 0.092 vs 0.054, sequential ES 0.35 vs 0.50, both on the earlier early-stopped pre-training) and
+# took twice as long. Cosine decay of the learning
+# rates steadies the last few hundred steps, so the validation-selected checkpoint varies less.
 DEFAULT_META = dict(
     steps=1000, grad_accum=3, c_edit=0.3, c_loc=1.0, hard_locality=False, max_prior_edits=4, val_every=100,
-    patience=6,
+    patience=6, cosine_decay=True,
 )  # fmt: skip
+
+
+# The main job's pre-training: all 3000 steps (no early stop at 99% QA accuracy) with weight decay
+# 0.3. A model that has only just memorised the facts stores them in representations shared by every
+# question of a template, so any edit moves many answers; decay and longer training give more
+# fact-specific representations (drawdown over all other subjects' questions 0.054 -> 0.023,
+# sequential ES 0.50 -> 0.70 with the same editor settings; decay 0.1 gave 0.033 / 0.50, decay 1.0
+# a validation drawdown above 0.2).
+DEFAULT_PRETRAIN = dict(max_steps=3000, weight_decay=0.3, target_accuracy=None)
 
 
 @dataclass
@@ -87,7 +103,7 @@ class JobConfig:
 
     seed: int = 0
     world: WorldConfig = field(default_factory=WorldConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(**DEFAULT_PRETRAIN))
     mend: MendSettings = field(default_factory=MendSettings)
     meta: MetaTrainConfig = field(default_factory=lambda: MetaTrainConfig(**DEFAULT_META))
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -278,7 +294,12 @@ def run_default_job(
     write = _metrics_writer(metrics)
     _seed_everything(config.seed)
 
-    world = build_world(n_entities=config.world.n_entities, seed=config.world.seed)
+    world = build_world(
+        n_entities=config.world.n_entities,
+        seed=config.world.seed,
+        n_locality=config.world.n_locality,
+        n_hard_locality=config.world.n_hard_locality,
+    )
     splits = split_records(world.records, config.world.fractions, seed=config.seed)
     data_dir = out / "data"
     save_records(

@@ -2,7 +2,7 @@
 
 Everything is offline: the model is built from a ``GPT2Config`` and trained on the corpus
 lines (``"<question> <answer>"`` and statements). Training stops early once greedy accuracy
-on the fact questions reaches ``target_accuracy``.
+on the fact questions reaches ``target_accuracy`` (``None``: always run ``max_steps``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class PretrainConfig:
     n_embd: int = 128
     n_layer: int = 4
     n_head: int = 4
+    n_inner: int | None = None  # MLP width; None = 4 * n_embd (GPT-2's default)
     n_positions: int = 32
     max_steps: int = 3000
     batch_size: int = 64
@@ -36,7 +37,7 @@ class PretrainConfig:
     weight_decay: float = 0.0
     warmup: int = 100
     eval_every: int = 250
-    target_accuracy: float = 0.99
+    target_accuracy: float | None = 0.99
     seed: int = 0
 
 
@@ -82,6 +83,7 @@ def pretrain_causal_lm(
         n_embd=config.n_embd,
         n_layer=config.n_layer,
         n_head=config.n_head,
+        n_inner=config.n_inner,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -139,7 +141,7 @@ def pretrain_causal_lm(
             bar.set_postfix(loss=f"{loss_ema:.3f}", qa_acc=f"{acc:.3f}")
             if log is not None:
                 log({"phase": "pretrain", "step": step + 1, "loss": loss_ema, "qa_accuracy": acc})
-            if acc >= config.target_accuracy:
+            if config.target_accuracy is not None and acc >= config.target_accuracy:
                 break
     bar.close()
     model.eval()
