@@ -255,14 +255,14 @@ def edit_vs_fine_tuning(run_dir: Path | None, n_edits: int, seed: int = 0) -> di
 def ft_to_in_scope_success(
     model: nn.Module, tok, editor, records, mend_ms: list[float], lr: float = 1e-3, max_steps: int = 200
 ) -> dict:
-    """MEND's edit success counts the rephrasings too: time FT (Adam on the edit prompt, the
-    evaluation's FT) until it answers as many in-scope prompts (edit prompt + rephrasings) with the
-    new target as MEND's edit did, checking after every step (the checks are not timed). An edit
-    FT does not bring there in ``max_steps`` counts with the time of those steps, a lower bound of
-    its real time, so the ratio is an upper bound."""
-    from editor_nets.baselines import _edited_weights
+    """MEND's edit success counts the rephrasings too: time FT (the evaluation's FT, Adam on the
+    edit prompt) until it answers as many in-scope prompts (edit prompt + rephrasings) with the new
+    target as MEND's edit did, checking after every step (``FTEditor.until``; the checks are not
+    timed). An edit FT does not bring there in ``max_steps`` counts with the time of those steps, a
+    lower bound of its real time, so the ratio is then an upper bound."""
+    from editor_nets.baselines import FTEditor
     from editor_nets.delta import restore_weights
-    from editor_nets.evaluate import make_batch, model_logits, score_targets, target_hits
+    from editor_nets.evaluate import score_targets
 
     def hits(record) -> int:
         prompts = [record.prompt, *record.rephrases]
@@ -273,33 +273,16 @@ def ft_to_in_scope_success(
         snapshot = editor.edit(model, tok, [record])
         goal = hits(record)
         restore_weights(model, snapshot)
-        weights = _edited_weights(model, editor.config.targets)
-        originals = {n: w.detach().clone() for n, w in weights.items()}
-        for p in model.parameters():
-            p.requires_grad_(False)
-        params = list(weights.values())
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=lr)
-        batch = make_batch(model, tok, [record.prompt], [record.target], kind="causal")
-        spent, steps, reached = 0.0, 0, goal == 0
-        while not reached and steps < max_steps:
-            start = time.perf_counter()
-            _, n_tokens, nll = target_hits("causal", model_logits(model, batch, "causal"), batch["labels"])
-            opt.zero_grad(set_to_none=True)
-            (nll.sum() / n_tokens.sum().clamp(min=1)).backward()
-            opt.step()
-            spent += (time.perf_counter() - start) * 1000.0
-            steps += 1
-            with torch.no_grad():
-                reached = hits(record) >= goal
-        with torch.no_grad():
-            for n, w in weights.items():
-                w.copy_(originals[n])
-        for p in model.parameters():
-            p.requires_grad_(True)
-            p.grad = None
-        rows.append((t_mend, goal, spent, steps, reached))
+        ft = FTEditor(
+            targets=editor.config.targets,
+            lr=lr,
+            max_steps=max_steps,
+            until=lambda r=record, g=goal: hits(r) >= g,
+        )
+        snapshot = ft.edit(model, tok, [record])
+        reached = hits(record) >= goal
+        restore_weights(model, snapshot)
+        rows.append((t_mend, goal, ft.last.step_seconds * 1000.0, ft.last.steps, reached))
     mend_ms = statistics.median(r[0] for r in rows)
     ft_ms = statistics.median(r[2] for r in rows)
     return {

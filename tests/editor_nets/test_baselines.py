@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -115,6 +117,26 @@ def test_ft_stops_at_success_and_respects_max_steps(trained):
     ft = FTEditor(targets=EDITED, max_steps=0)
     ft.edit(model, tok, [misses[0]])
     assert ft.last.steps == 0 and not ft.last.success and not _changed(model, before)
+
+
+def test_ft_until_replaces_the_stopping_rule_and_times_only_the_steps(trained):
+    """``until`` is checked after every step with gradients off; FT runs on past edit success until it
+    holds, and ``step_seconds`` counts the steps but not the checks."""
+    model, tok, misses, _ = trained
+    before = _state(model)
+    calls: list[bool] = []
+
+    def after_five_steps() -> bool:
+        calls.append(torch.is_grad_enabled())
+        time.sleep(0.2)  # a slow check: counted, it would add >= 1 s over the 5 in-loop calls
+        return len(calls) > 5  # the first call comes before any step
+
+    ft = FTEditor(targets=EDITED, lr=1e-2, max_steps=40, until=after_five_steps)
+    snapshot = ft.edit(model, tok, [misses[0]])
+    assert ft.last.steps == 5 and len(calls) == 6 and not any(calls)
+    assert 0 < ft.last.step_seconds < 1.0  # five steps of a tiny model, without the checks
+    _restore(model, snapshot)
+    assert not _changed(model, before)
 
 
 def test_ft_kl_lowers_locality_drift(trained):

@@ -2,13 +2,13 @@
 
 Public API::
 
-    FTEditor(targets=None, lr=1e-3, max_steps=40, optimizer="adam", name="FT")
+    FTEditor(targets=None, lr=1e-3, max_steps=40, optimizer="adam", name="FT", until=None)
         .edit(model, tokenizer, records) -> WeightSnapshot       # the contract's Editor protocol
-        .last: FTResult | None                                    # steps, success, loss of the last edit
+        .last: FTResult | None                                    # steps, success, loss, time of the last edit
     FTKLEditor(targets=None, lr=1e-3, max_steps=40, optimizer="adam", name="FT+KL",
                locality=None, kl_weight=1.0, n_locality=8, seed=0)
         .edit(model, tokenizer, records) -> WeightSnapshot
-    FTResult(steps: int, success: bool, loss: float)
+    FTResult(steps: int, success: bool, loss: float, step_seconds: float)
     locality_examples_from(records) -> list[LocalityExample]     # out-of-scope pairs of training records
     EDITORS: dict[str, Callable[..., Editor]]                    # "FT", "FT+KL", "MEND" -> factory
     build_editor(name, **kwargs) -> Editor    # e.g. build_editor("MEND", path="runs/default/editor", model=m)
@@ -28,6 +28,7 @@ WeightSnapshot``; an editor that cannot stack edits sets ``supports_sequential =
 from __future__ import annotations
 
 import random
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,11 +53,13 @@ __all__ = [
 
 @dataclass
 class FTResult:
-    """What one fine-tuning edit did: optimiser steps taken, whether every target was hit, last loss."""
+    """What one fine-tuning edit did: optimiser steps taken, whether every target was hit, last loss,
+    and the seconds spent in forward, backward and optimiser steps (``until`` checks excluded)."""
 
     steps: int
     success: bool
     loss: float
+    step_seconds: float = 0.0
 
 
 def _edited_weights(model: nn.Module, targets: Sequence[str] | None) -> dict[str, nn.Parameter]:
@@ -79,7 +82,9 @@ class FTEditor:
 
     ``lr`` is the optimiser's learning rate, ``max_steps`` bounds the optimiser steps per edit,
     ``optimizer`` is ``"adam"`` (fresh state per edit) or ``"sgd"``. The loss is the mean NLL of
-    the target tokens given the edit prompts.
+    the target tokens given the edit prompts. ``until`` (optional, called with gradients off after
+    every step) replaces the stopping rule: fine-tuning goes on past edit success until it returns
+    True, e.g. until rephrasings are answered too (the latency benchmark's use).
     """
 
     targets: Sequence[str] | None = None
@@ -87,6 +92,7 @@ class FTEditor:
     max_steps: int = 40
     optimizer: str = "adam"
     name: str = "FT"
+    until: Callable[[], bool] | None = field(default=None, repr=False)
     last: FTResult | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -129,15 +135,19 @@ class FTEditor:
             p.requires_grad_(True)
         opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
         opt = opt_cls(params, lr=self.lr)
-        steps, success, loss_value = 0, False, float("nan")
+        steps, success, loss_value, seconds, done = 0, False, float("nan"), 0.0, False
         try:
             self.prepare(model, tokenizer, records, kind)
+            if self.until is not None:
+                with torch.no_grad():
+                    done = bool(self.until())
             while True:
+                start = time.perf_counter()
                 logits = model_logits(model, batch, kind)
                 correct, n_tokens, nll = target_hits(kind, logits, batch["labels"])
                 success = bool(((correct == n_tokens) & (n_tokens > 0)).all())
                 loss = nll.sum() / n_tokens.sum().clamp(min=1)
-                if success or steps >= self.max_steps:
+                if (success if self.until is None else done) or steps >= self.max_steps:
                     loss_value = float(loss.detach())
                     break
                 extra = self.extra_loss(model, kind)
@@ -151,6 +161,10 @@ class FTEditor:
                 loss.backward()
                 opt.step()
                 steps += 1
+                seconds += time.perf_counter() - start
+                if self.until is not None:
+                    with torch.no_grad():
+                        done = bool(self.until())
             if not all(torch.isfinite(p.detach()).all() for p in params):
                 raise FloatingPointError(f"{self.name}: non-finite weights after {steps} steps")
         except BaseException:
@@ -165,7 +179,7 @@ class FTEditor:
             for n, p in model.named_parameters():
                 p.requires_grad_(flags[n])
             model.train(was_training)
-        self.last = FTResult(steps=steps, success=success, loss=loss_value)
+        self.last = FTResult(steps=steps, success=success, loss=loss_value, step_seconds=seconds)
         return snapshot
 
 
