@@ -27,7 +27,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -48,15 +47,9 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def machine() -> dict:
-    return {
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": "cpu",
-    }
+    from editor_nets.report import machine_info
+
+    return {**machine_info(), "device": "cpu"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,9 +80,7 @@ def _timed(fn) -> float:
 
 def edit_vs_forward_backward(repeats: int, seed: int = 0) -> dict:
     """Median ms of one MEND edit and of one plain forward+backward on the same edit batch."""
-    from editor_nets.delta import restore_weights
-    from editor_nets.families import edit_batch, target_nll
-    from editor_nets.mend import MendEditor
+    from editor_nets import MendEditor, edit_batch, restore_weights, target_nll
 
     world, tok = _world(seed=seed)
     model = gpt2_small(seed)
@@ -116,7 +107,7 @@ def edit_vs_forward_backward(repeats: int, seed: int = 0) -> dict:
     n_tokens = [int(b["attention_mask"].sum()) for b in batches]
     return {
         "model": "gpt2-small shape (random weights)",
-        "edited_layers": editor.config.targets,
+        "edited_layers": editor.targets,
         "editor_params": editor.n_parameters(),
         "tokens_per_edit_median": statistics.median(n_tokens),
         "repeats": len(me),
@@ -130,9 +121,14 @@ def edit_vs_forward_backward(repeats: int, seed: int = 0) -> dict:
 def _quick_default(out_dir: Path, seed: int = 0) -> Path:
     """A small trained default run (pre-trained GPT-2, meta-trained MEND) when runs/default is absent."""
     from edit_data import save_records, split_records
-    from editor_nets.mend import MendEditor
-    from editor_nets.pretrain import PretrainConfig, pretrain_causal_lm
-    from editor_nets.train import MetaTrainConfig, meta_train
+    from editor_nets import (
+        MendConfig,
+        MendEditor,
+        MetaTrainConfig,
+        PretrainConfig,
+        meta_train,
+        pretrain_causal_lm,
+    )
 
     world, tok = _world(n_entities=40, seed=seed)
     model, _ = pretrain_causal_lm(
@@ -151,7 +147,7 @@ def _quick_default(out_dir: Path, seed: int = 0) -> Path:
         eval_answers=[r.original for r in world.records],
     )
     splits = split_records(world.records, seed=seed)
-    editor = MendEditor.for_model(model, rank=256)
+    editor = MendEditor.for_model(model, MendConfig(rank=256))
     meta_train(
         editor,
         model,
@@ -188,7 +184,7 @@ def edit_vs_fine_tuning(run_dir: Path | None, n_edits: int, seed: int = 0) -> di
     tok = AutoTokenizer.from_pretrained(run_dir / "model")
     editor = MendEditor.from_pretrained(run_dir / "editor", model=model).eval()
     records = load_saved(run_dir / "data")["test"][:n_edits]
-    ft = FTEditor(targets=editor.config.targets, max_steps=200)  # the evaluation's FT, more steps
+    ft = FTEditor(targets=editor.targets, max_steps=200)  # the evaluation's FT, more steps
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a small model: one thread, less exposed to other processes' load
@@ -214,7 +210,7 @@ def edit_vs_fine_tuning(run_dir: Path | None, n_edits: int, seed: int = 0) -> di
         rows.append((t_mend, mend_hit, t_ft, ft.last.success, ft.last.steps))
     sweep = {}
     for lr in (1e-4, 1e-2):  # how the FT time depends on its learning rate
-        other = FTEditor(targets=editor.config.targets, lr=lr, max_steps=200)
+        other = FTEditor(targets=editor.targets, lr=lr, max_steps=200)
         times, hits, steps = [], [], []
         for record in records:
             times.append(best_of(other, record)[0])
@@ -274,7 +270,7 @@ def ft_to_in_scope_success(
         goal = hits(record)
         restore_weights(model, snapshot)
         ft = FTEditor(
-            targets=editor.config.targets,
+            targets=editor.targets,
             lr=lr,
             max_steps=max_steps,
             until=lambda r=record, g=goal: hits(r) >= g,
@@ -305,16 +301,16 @@ def ft_to_in_scope_success(
 
 
 @contextmanager
-def dense_edit(model: nn.Module, updates):
-    """Like ``editor_nets.delta.lowrank_edit`` but materialising ``W' = W - alpha * delta~^T u~``
+def dense_edit(model: nn.Module, delta):
+    """Like ``editor_nets.lowrank_edit`` but materialising ``W' = W - alpha * delta~^T u~``
     ([d_out, d_in], in the layer's own layout) for every edited layer during the block."""
     from graddecomp.capture import _is_conv1d
 
     saved = {}
     try:
-        for name, (u, d, alpha) in updates.items():
+        for name, layer in delta.layers.items():
             module = model.get_submodule(name)
-            dense = alpha * (d.transpose(0, 1) @ u)  # [d_out, d_in]
+            dense = layer.alpha * (layer.delta.transpose(0, 1) @ layer.u)  # [d_out, d_in]
             if _is_conv1d(module):
                 dense = dense.transpose(0, 1)  # Conv1D stores [d_in, d_out]
             saved[name] = module._parameters["weight"]
@@ -388,12 +384,8 @@ def _rss_kib(field: str) -> int:
 
 def memory_child(variant: str, seed: int = 0) -> dict:
     """One meta-training step's peak memory above the pre-step resident size (run in a fresh process)."""
-    import editor_nets.train as train
-    from editor_nets.mend import MendEditor
-    from editor_nets.train import MetaTrainConfig, meta_loss
+    from editor_nets import EditDelta, LayerDelta, MendEditor, MetaTrainConfig, lowrank_edit, meta_loss
 
-    if variant == "dense":
-        train.lowrank_edit = dense_edit  # meta_loss looks the name up at call time
     world, tok = _world(seed=seed)
     model = gpt2_small(seed)
     for p in model.parameters():
@@ -401,9 +393,10 @@ def memory_child(variant: str, seed: int = 0) -> dict:
     editor = MendEditor.for_model(model).train()
     config = MetaTrainConfig()
     rng = random.Random(seed)
+    edit_forward = dense_edit if variant == "dense" else lowrank_edit
 
-    def step(records) -> None:
-        loss, _ = meta_loss(editor, model, tok, records, config, rng)
+    def step(records, forward=edit_forward) -> None:
+        loss, _ = meta_loss(editor, model, tok, records, config, rng, edit_forward=forward)
         loss.backward()
 
     step(world.records[:1])  # warm-up: lazy initialisation, editor grads allocated
@@ -423,17 +416,18 @@ def memory_child(variant: str, seed: int = 0) -> dict:
     editor.zero_grad(set_to_none=False)
     with TensorPeak() as tensors:  # the same step again, counting tensor storage exactly
         step(world.records[1:2])
+
     # The edited-model part alone: the editor's outputs become leaves, so backward stops at
     # u~, delta~ and alpha and the editor networks' own backward (same in both variants) is left out.
-    transform = editor.transform
+    def as_leaves(model, delta):
+        leaves = {
+            n: LayerDelta(*(t.detach().requires_grad_() for t in (x.u, x.delta, x.alpha)))
+            for n, x in delta.layers.items()
+        }
+        return edit_forward(model, EditDelta(leaves))
 
-    def as_leaves(factors):
-        return {n: tuple(t.detach().requires_grad_() for t in x) for n, x in transform(factors).items()}
-
-    editor.transform = as_leaves
     with TensorPeak() as model_part:
-        step(world.records[1:2])
-    editor.transform = transform
+        step(world.records[1:2], as_leaves)
     return {
         "variant": variant,
         "tensor_peak_mib": tensors.peak / 2**20,

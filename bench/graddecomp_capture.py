@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -90,6 +89,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.steps, seed=0)))
         return
+    from editor_nets.report import machine_info
 
     try:
         from tqdm import tqdm
@@ -117,14 +117,7 @@ def main() -> None:
         return statistics.median(r["peak_above_weights_bytes"] for r in runs[mode])
 
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "torch_threads": runs["full"][0]["threads"],
-            "torch": runs["full"][0]["torch"],
-            "device": "cpu",
-        },
+        "machine": {**machine_info(), "torch_threads": runs["full"][0]["threads"], "device": "cpu"},
         "model": "GPT-2-small shape (12 x 768, vocab 50257), random weights, 1 x 64 tokens",
         "targets": TARGETS,
         "full": {"median_s": med_time("full"), "median_peak_above_weights_mib": med_mem("full") / 2**20},

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -91,32 +90,14 @@ def resolve_assets(scratch: Path) -> Assets:
 
 
 def machine(device: str) -> dict:
-    import torch
+    from editor_nets.report import machine_info
 
-    return {
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-        "python": platform.python_version(),
-        "loadavg_1m_at_start": os.getloadavg()[0],
-    }
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile ``q`` in [0, 100] of ``values``."""
-    s = sorted(values)
-    if len(s) == 1:
-        return s[0]
-    pos = (len(s) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+    return {**machine_info(), "device": device, "loadavg_1m_at_start": os.getloadavg()[0]}
 
 
 def summary(ms: list[float]) -> dict:
+    from editor_nets.report import percentile
+
     return {
         "n": len(ms),
         "p50_ms": percentile(ms, 50),
@@ -131,15 +112,17 @@ def in_process_generator(assets: Assets, new_tokens: int):
     """``(one(prompt) -> (text, n_tokens), device)``: the server's generation loop, in this process."""
     import torch
 
-    from edit_serve.generation import SamplingParams, generate_steps
-    from edit_serve.loading import load_model
+    from edit_data import encode_prompt
+    from edit_serve import SamplingParams, ServeLimits
+    from edit_serve.generation import generate_steps
+    from edit_serve.loading import load_served
 
-    loaded = load_model(assets.model_dir, assets.editor_dir)
-    params = SamplingParams(max_new_tokens=new_tokens)
+    loaded = load_served(assets.model_dir, assets.editor_dir)
+    params = SamplingParams(max_new_tokens=new_tokens, seed=0).validated(ServeLimits())
 
     @torch.no_grad()
     def one(prompt: str) -> tuple[str, int]:
-        ids = loaded.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
         text, n = "", 0
         for step in generate_steps(loaded.model, loaded.tokenizer, ids, params):
             text += step.text
@@ -258,7 +241,7 @@ def bench_grpc_generate(
     counts this process (the clients) and the whole sidecar process tree."""
     from tqdm import tqdm
 
-    from edit_serve import EditClient
+    from edit_serve import EditClient, SamplingParams
 
     shares = [prompts[i::clients] for i in range(clients)]
     texts: dict[int, str] = {}
@@ -270,10 +253,10 @@ def bench_grpc_generate(
     def work(k: int) -> None:
         try:
             with EditClient(address, timeout=300.0) as c:
-                c.generate(prompts[0], max_new_tokens=new_tokens)  # connect + warm
+                c.generate(prompts[0], SamplingParams(max_new_tokens=new_tokens))  # connect + warm
                 barrier.wait()
                 for j, p in enumerate(shares[k]):
-                    r = c.generate(p, max_new_tokens=new_tokens)
+                    r = c.generate(p, SamplingParams(max_new_tokens=new_tokens))
                     tokens[k] += r.num_tokens
                     texts[k + j * clients] = r.text
                     with lock:
@@ -326,7 +309,7 @@ def run_edits(client, pairs: list[tuple[str, str]], desc: str) -> tuple[list[flo
 def bench_edits(
     address: str, idle_pairs, load_pairs, prompts: list[str], new_tokens: int, clients: int, max_streams: int
 ) -> dict:
-    from edit_serve import EditClient
+    from edit_serve import EditClient, SamplingParams
 
     with EditClient(address, token=TOKEN, timeout=600.0) as c:
         v0 = c.health().version
@@ -345,7 +328,7 @@ def bench_edits(
                         if stop.is_set():
                             return
                         prompt = prompts[(k + i * clients) % len(prompts)]
-                        for _chunk in lc.generate_stream(prompt, max_new_tokens=new_tokens):
+                        for _chunk in lc.generate_stream(prompt, SamplingParams(max_new_tokens=new_tokens)):
                             pass
                         streams[k] += 1
             except BaseException as err:

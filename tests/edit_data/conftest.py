@@ -1,4 +1,4 @@
-"""Small files of every public format, written by the tests themselves (shapes from FORMATS.md)."""
+"""Small files of every public format, written by the tests themselves (shapes from docs/FORMATS.md)."""
 
 from __future__ import annotations
 

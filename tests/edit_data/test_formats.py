@@ -7,6 +7,7 @@ import pytest
 from edit_data import (
     EditRecord,
     LocalityExample,
+    RecordError,
     build_world,
     detect_format,
     load_locality,
@@ -163,3 +164,12 @@ def test_records_format_round_trip(write):
     assert detect_format(path) == "records"
     assert load_records(path) == records
     assert [EditRecord.from_dict(r.to_dict()) for r in records] == records
+
+
+def test_zsre_on_a_file_of_another_format_names_what_the_file_looks_like(write, samples):
+    path = write("cf.json", [samples["counterfact"](i) for i in range(2)])
+    with pytest.raises(
+        RecordError, match=r"cf\.json:index 0: .*looks like counterfact.*format='counterfact'"
+    ):
+        load_records(path, "zsre")
+    assert len(load_records(path, "auto")) == 2

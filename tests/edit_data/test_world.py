@@ -171,13 +171,3 @@ def test_identical_across_processes_with_different_hash_seeds():
     here = json.dumps([w.corpus, [r.to_dict() for r in w.records], t.backend_tokenizer.to_str()])
     digests.add(hashlib.sha256(here.encode()).hexdigest())
     assert len(digests) == 1
-
-
-def test_indices_without_matches_a_filtered_range():
-    from edit_data.world import _IndicesWithout
-
-    for excluded in ([], [0], [3, 4, 9], [0, 1, 2, 11]):
-        seq = _IndicesWithout(12, excluded)
-        assert list(seq) == [j for j in range(12) if j not in excluded]
-    with pytest.raises(IndexError):
-        _IndicesWithout(3, [1])[2]

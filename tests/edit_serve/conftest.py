@@ -60,12 +60,12 @@ def tiny_artifacts(tmp_path_factory) -> TinyArtifacts:
 def make_service(tiny_artifacts, tmp_path):
     """``make_service(journal_dir=None, **limits) -> EditService`` on freshly loaded artifacts."""
     from edit_serve import EditJournal, EditService, ServeLimits
-    from edit_serve.loading import load_model
+    from edit_serve.loading import load_served
 
     made = []
 
     def make(journal_dir: Path | None = None, *, skip=(), **limits):
-        loaded = load_model(tiny_artifacts.model_dir, tiny_artifacts.editor_dir)
+        loaded = load_served(tiny_artifacts.model_dir, tiny_artifacts.editor_dir)
         journal = EditJournal(journal_dir or tmp_path / "journal", skip=skip)
         service = EditService(
             loaded.model,
@@ -98,8 +98,8 @@ class LiveSidecar:
 def live_sidecar(tiny_artifacts, tmp_path_factory):
     """One real Ray Serve + gRPC sidecar on loopback for the whole session."""
     pytest.importorskip("ray")
+    from edit_serve import ServeLimits
     from edit_serve.deployment import SidecarSettings, start_sidecar
-    from edit_serve.service import ServeLimits
 
     root = tmp_path_factory.mktemp("live_sidecar")
     model_dir, editor_dir = root / "model", root / "editor"
@@ -139,10 +139,10 @@ def replayed_digest(
     order, read without taking the journal's lock (a server may hold it)."""
     from edit_serve import EditJournal, WeightStore, weights_digest
     from edit_serve.journal import active_entries
-    from edit_serve.loading import load_model
+    from edit_serve.loading import load_served
     from editor_nets import EditDelta
 
-    loaded = load_model(model_dir, editor_dir)
+    loaded = load_served(model_dir, editor_dir)
     j = EditJournal(journal_dir, read_only=True)
     entries = (
         [e for e in j.entries if e.op == "edit" and e.edit_id in ids] if ids else active_entries(j.entries)

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from edit_serve import EditClient, ServeLimits
+from edit_serve import EditClient, SamplingParams, ServeLimits
 from edit_serve.backend import LocalBackend
 from edit_serve.front import start_grpc_server
 
@@ -63,7 +63,7 @@ def test_tls_and_token(make_service, tiny_artifacts, tls_files) -> None:
         address = f"127.0.0.1:{port}"
         with EditClient(address, token="t0k", tls_root_cert=cert, timeout=30) as c:
             r = c.edit(prompt, target)
-            assert c.generate(prompt, max_new_tokens=3).version == r.version
+            assert c.generate(prompt, SamplingParams(max_new_tokens=3)).version == r.version
         with EditClient(address, tls_root_cert=cert, timeout=30) as c:
             with pytest.raises(grpc.RpcError) as err:
                 c.rollback(edit_id=r.edit_id)
@@ -97,7 +97,7 @@ def test_waiting_writers_cannot_starve_open_streams(make_service, tiny_artifacts
     prompt = tiny_artifacts.prompts[0][0]
 
     async def scenario():
-        streams = [backend.stream(prompt=prompt, max_new_tokens=6) for _ in range(2)]
+        streams = [backend.stream(prompt=prompt, sampling=SamplingParams(max_new_tokens=6)) for _ in range(2)]
         firsts = [await s.__anext__() for s in streams]  # both now hold the read lock
         edits = [
             asyncio.create_task(backend.call("edit", prompt=p, target=t))

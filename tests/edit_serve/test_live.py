@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edit_serve import EditClient
+from edit_serve import EditClient, SamplingParams
 from edit_serve.proto import modeledit_pb2 as pb
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -78,14 +78,14 @@ def test_listens_on_loopback_only(live_sidecar) -> None:
 def test_edit_generate_rollback_round_trip(live_sidecar, client) -> None:
     prompt, target = live_sidecar.prompts[0]
     digest0, v0, n0 = _state(client)
-    before = client.generate(prompt, max_new_tokens=6)
+    before = client.generate(prompt, SamplingParams(max_new_tokens=6))
     assert before.version == v0
     r = client.edit(
         prompt, target, provenance={"who": "test", "why": "round trip"}, rephrases=[prompt + " !"]
     )
     assert r.version == v0 + 1 and not r.replayed and r.latency_ms > 0
     assert r.target_logprob_after > r.target_logprob_before
-    after = client.generate(prompt, max_new_tokens=6)
+    after = client.generate(prompt, SamplingParams(max_new_tokens=6))
     assert after.version == r.version
     info = client.get_edit(r.edit_id)
     assert info.status == pb.EDIT_STATUS_ACTIVE and dict(info.provenance)["who"] == "test"
@@ -95,7 +95,7 @@ def test_edit_generate_rollback_round_trip(live_sidecar, client) -> None:
     assert rb.version == r.version + 1 and list(rb.rolled_back) == [r.edit_id]
     digest, version, n = _state(client)
     assert digest == digest0 and n == n0 and version == rb.version
-    assert client.generate(prompt, max_new_tokens=6).text == before.text
+    assert client.generate(prompt, SamplingParams(max_new_tokens=6)).text == before.text
     assert client.get_edit(r.edit_id).status == pb.EDIT_STATUS_ROLLED_BACK
     assert r.edit_id not in [e.edit_id for e in client.list_edits()]
     assert r.edit_id in [e.edit_id for e in client.list_edits(include_rolled_back=True)]
@@ -136,7 +136,7 @@ def test_edit_and_rollback_need_the_token(live_sidecar, client, anonymous) -> No
         for c in (anonymous, wrong):
             assert _code(lambda c=c: c.edit(prompt, target))[0] == grpc.StatusCode.UNAUTHENTICATED
             assert _code(lambda c=c: c.rollback(to_version=0))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert anonymous.generate(prompt, max_new_tokens=2).version == state[1]  # reads stay open
+    assert anonymous.generate(prompt, SamplingParams(max_new_tokens=2)).version == state[1]  # reads stay open
     assert _state(client) == state
 
 
@@ -216,12 +216,12 @@ def test_invalid_utf8_is_invalid_argument(live_sidecar, client, method) -> None:
 
 def test_stream_matches_generate_and_cancel_releases_the_lock(live_sidecar, client) -> None:
     prompt, target = live_sidecar.prompts[5]
-    full = client.generate(prompt, max_new_tokens=10, temperature=0.8, seed=11)
-    chunks = list(client.generate_stream(prompt, max_new_tokens=10, temperature=0.8, seed=11))
+    full = client.generate(prompt, SamplingParams(max_new_tokens=10, temperature=0.8, seed=11))
+    chunks = list(client.generate_stream(prompt, SamplingParams(max_new_tokens=10, temperature=0.8, seed=11)))
     assert "".join(c.text for c in chunks) == full.text
     assert chunks[-1].done and chunks[-1].num_tokens == full.num_tokens
     assert {c.version for c in chunks} == {full.version}
-    stream = client.generate_stream(prompt, max_new_tokens=24)
+    stream = client.generate_stream(prompt, SamplingParams(max_new_tokens=24))
     next(stream)
     stream.cancel()  # the client goes away mid-stream: the replica must release the read lock
     r = client.edit(prompt, target)
@@ -240,11 +240,11 @@ def test_generate_during_edit_sees_whole_versions(live_sidecar, client) -> None:
             while not stop.is_set():
                 try:
                     if stream:
-                        chunks = list(c.generate_stream(prompt, max_new_tokens=6))
+                        chunks = list(c.generate_stream(prompt, SamplingParams(max_new_tokens=6)))
                         assert len({ch.version for ch in chunks}) == 1
                         seen.append((chunks[-1].version, "".join(ch.text for ch in chunks)))
                     else:
-                        g = c.generate(prompt, max_new_tokens=6)
+                        g = c.generate(prompt, SamplingParams(max_new_tokens=6))
                         seen.append((g.version, g.text))
                 except BaseException as err:
                     errors.append(err)
@@ -260,9 +260,9 @@ def test_generate_during_edit_sees_whole_versions(live_sidecar, client) -> None:
     assert not errors, errors
     expected = {}
     for version in range(v0 + len(ids), v0, -1):  # the text each version produces, computed quietly
-        expected[version] = client.generate(prompt, max_new_tokens=6).text
+        expected[version] = client.generate(prompt, SamplingParams(max_new_tokens=6)).text
         client.rollback(edit_id=ids[version - v0 - 1])
-    expected[v0] = client.generate(prompt, max_new_tokens=6).text
+    expected[v0] = client.generate(prompt, SamplingParams(max_new_tokens=6)).text
     assert seen
     for version, text in seen:
         assert text == expected[version], f"a reply named version {version} but does not match it"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edit_serve import EditClient, EditJournal, JournalLockedError
+from edit_serve import EditClient, EditJournal, JournalLockedError, SamplingParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -109,7 +109,7 @@ def test_kill_9_after_an_acknowledged_edit_then_restart(tiny_artifacts, tmp_path
             a = c.edit(pa, ta, idempotency_key="a")
             b = c.edit(pb, tb, idempotency_key="b")
             digest_ab = c.health(weights_digest=True).weights_sha256
-            edited = c.generate(pc, max_new_tokens=6)
+            edited = c.generate(pc, SamplingParams(max_new_tokens=6))
             last = c.edit(pc, tc, idempotency_key="c")  # acknowledged ...
             server.kill()  # ... and the server dies at once
     finally:
@@ -129,7 +129,7 @@ def test_kill_9_after_an_acknowledged_edit_then_restart(tiny_artifacts, tmp_path
             assert retry.replayed and retry.edit_id == last.edit_id and c.health().version == 3
             c.rollback(edit_id=last.edit_id)
             assert c.health(weights_digest=True).weights_sha256 == digest_ab
-            assert c.generate(pc, max_new_tokens=6).text == edited.text
+            assert c.generate(pc, SamplingParams(max_new_tokens=6)).text == edited.text
     except AssertionError as err:
         raise AssertionError(f"{err}\n--- restarted server log ---\n{''.join(server.lines[-60:])}") from err
     finally:

@@ -7,8 +7,8 @@ import threading
 import pytest
 import torch
 
-from edit_serve import ServeError, WeightStore, weights_digest
-from edit_serve.loading import load_model
+from edit_serve import SamplingParams, ServeError, WeightStore, weights_digest
+from edit_serve.loading import load_served
 
 
 def _state(service) -> tuple[str, int, int, list]:
@@ -35,7 +35,7 @@ def test_edit_raises_target_logprob_and_is_journaled_before_reply(make_service, 
         {"who": "test"},
     )
     assert info.applied_at_version == 1
-    g = s.generate(prompt, max_new_tokens=4)
+    g = s.generate(prompt, SamplingParams(max_new_tokens=4))
     assert g.version == 1 and g.num_tokens <= 4
 
 
@@ -67,11 +67,11 @@ def test_restart_replays_the_journal_bitwise(make_service, tiny_artifacts, tmp_p
     ]
     s.rollback(edit_id=ids[0])
     before = (weights_digest(s.model), s.version, s.list_edits(include_rolled_back=True))
-    text = s.generate(tiny_artifacts.prompts[1][0], max_new_tokens=6).text
+    text = s.generate(tiny_artifacts.prompts[1][0], SamplingParams(max_new_tokens=6)).text
     s.close()
     s2 = make_service(tmp_path / "j")
     assert (weights_digest(s2.model), s2.version, s2.list_edits(include_rolled_back=True)) == before
-    assert s2.generate(tiny_artifacts.prompts[1][0], max_new_tokens=6).text == text
+    assert s2.generate(tiny_artifacts.prompts[1][0], SamplingParams(max_new_tokens=6)).text == text
     again = s2.edit(*tiny_artifacts.prompts[2], idempotency_key="k2")
     assert again.replayed and again.edit_id == ids[2] and s2.version == before[1]
 
@@ -157,23 +157,24 @@ def test_bad_edit_requests_are_refused_and_change_nothing(make_service, kwargs, 
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "code", "text"),
+    ("prompt", "sampling", "code", "text"),
     [
-        (dict(prompt=""), "INVALID_ARGUMENT", "prompt is empty"),
-        (dict(prompt="Who?", temperature=-1.0), "INVALID_ARGUMENT", "temperature"),
-        (dict(prompt="Who?", temperature=float("nan")), "INVALID_ARGUMENT", "temperature"),
-        (dict(prompt="Who?", top_p=1.5), "INVALID_ARGUMENT", "top_p"),
-        (dict(prompt="Who?", top_p=float("inf")), "INVALID_ARGUMENT", "top_p"),
-        (dict(prompt="Who?", stop=[""]), "INVALID_ARGUMENT", "stop[0]"),
-        (dict(prompt="Who?", stop=["a"] * 9), "INVALID_ARGUMENT", "9 stop strings"),
-        (dict(prompt="Who?", max_new_tokens=10_000), "RESOURCE_EXHAUSTED", "max_new_tokens"),
-        (dict(prompt=LONG), "RESOURCE_EXHAUSTED", "prompt is 100 tokens"),
+        ("", {}, "INVALID_ARGUMENT", "prompt is empty"),
+        ("Who?", dict(temperature=-1.0), "INVALID_ARGUMENT", "temperature"),
+        ("Who?", dict(temperature=float("nan")), "INVALID_ARGUMENT", "temperature"),
+        ("Who?", dict(top_p=1.5), "INVALID_ARGUMENT", "top_p"),
+        ("Who?", dict(top_p=float("inf")), "INVALID_ARGUMENT", "top_p"),
+        ("Who?", dict(stop=("",)), "INVALID_ARGUMENT", "stop[0]"),
+        ("Who?", dict(stop=("a",) * 9), "INVALID_ARGUMENT", "9 stop strings"),
+        ("Who?", dict(max_new_tokens=10_000), "RESOURCE_EXHAUSTED", "max_new_tokens"),
+        ("Who?", dict(max_new_tokens=-1), "INVALID_ARGUMENT", "max_new_tokens"),
+        (LONG, {}, "RESOURCE_EXHAUSTED", "prompt is 100 tokens"),
     ],
 )
-def test_bad_generate_requests(make_service, kwargs, code, text) -> None:
+def test_bad_generate_requests(make_service, prompt, sampling, code, text) -> None:
     s = make_service(max_prompt_tokens=40)
     with pytest.raises(ServeError) as err:
-        s.generate(**kwargs)
+        s.generate(prompt, SamplingParams(**sampling))
     assert err.value.code == code and text in err.value.message
     assert s.lock.readers == 0 and s._inflight == 0
 
@@ -201,20 +202,27 @@ def test_rollback_and_lookup_errors(make_service, tiny_artifacts) -> None:
 def test_generation_seed_stop_and_stream_agree(make_service, tiny_artifacts) -> None:
     s = make_service()
     prompt = tiny_artifacts.prompts[0][0]
-    a = s.generate(prompt, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7)
-    b = s.generate(prompt, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7)
+    a = s.generate(prompt, SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7))
+    b = s.generate(prompt, SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7))
     assert a == b and a.num_tokens > 0
-    assert s.generate(prompt, max_new_tokens=12).text == s.generate(prompt, max_new_tokens=12).text
-    steps = list(s.generate_stream(prompt, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7))
+    assert (
+        s.generate(prompt, SamplingParams(max_new_tokens=12)).text
+        == s.generate(prompt, SamplingParams(max_new_tokens=12)).text
+    )
+    steps = list(
+        s.generate_stream(prompt, SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7))
+    )
     assert "".join(step.text for step, _ in steps) == a.text
     assert steps[-1][0].done and not any(step.done for step, _ in steps[:-1])
     words = a.text.split()
     if len(words) >= 3:  # stop at the third word: text ends before it, in both paths
         stop = " " + words[2]
-        cut = s.generate(prompt, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, stop=[stop])
+        cut = s.generate(
+            prompt, SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, stop=(stop,))
+        )
         assert cut.text == a.text[: a.text.find(stop)]
         streamed = s.generate_stream(
-            prompt, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, stop=[stop]
+            prompt, SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, stop=(stop,))
         )
         assert "".join(step.text for step, _ in streamed) == cut.text
 
@@ -222,7 +230,7 @@ def test_generation_seed_stop_and_stream_agree(make_service, tiny_artifacts) -> 
 def test_concurrency_limit_and_stream_release(make_service, tiny_artifacts) -> None:
     s = make_service(max_concurrent_generations=1)
     prompt = tiny_artifacts.prompts[0][0]
-    stream = s.generate_stream(prompt, max_new_tokens=8)
+    stream = s.generate_stream(prompt, SamplingParams(max_new_tokens=8))
     next(stream)
     assert s.lock.readers == 1
     with pytest.raises(ServeError) as err:
@@ -230,21 +238,21 @@ def test_concurrency_limit_and_stream_release(make_service, tiny_artifacts) -> N
     assert err.value.code == "RESOURCE_EXHAUSTED"
     stream.close()
     assert s.lock.readers == 0
-    dropped = s.generate_stream(prompt, max_new_tokens=8)  # never iterated, then dropped
+    dropped = s.generate_stream(prompt, SamplingParams(max_new_tokens=8))  # never iterated, then dropped
     del dropped
-    assert s.generate(prompt, max_new_tokens=2).num_tokens <= 2
+    assert s.generate(prompt, SamplingParams(max_new_tokens=2)).num_tokens <= 2
 
 
 def test_generate_during_edit_never_sees_a_half_applied_edit(make_service, tiny_artifacts) -> None:
     s = make_service()
     prompt = tiny_artifacts.prompts[0][0]
-    expected = {0: s.generate(prompt, max_new_tokens=8).text}
+    expected = {0: s.generate(prompt, SamplingParams(max_new_tokens=8)).text}
     results: list[tuple[int, str]] = []
     stop = threading.Event()
 
     def reader() -> None:
         while not stop.is_set():
-            g = s.generate(prompt, max_new_tokens=8)
+            g = s.generate(prompt, SamplingParams(max_new_tokens=8))
             results.append((g.version, g.text))
 
     threads = [threading.Thread(target=reader) for _ in range(2)]
@@ -257,7 +265,7 @@ def test_generate_during_edit_never_sees_a_half_applied_edit(make_service, tiny_
         t.join()
     # what each version generates, computed with nothing running concurrently
     for version in range(s.version, 0, -1):
-        expected[version] = s.generate(prompt, max_new_tokens=8).text
+        expected[version] = s.generate(prompt, SamplingParams(max_new_tokens=8)).text
         s.rollback(edit_id=s.list_edits()[-1].edit_id)
     assert results, "no generation ran"
     for version, text in results:
@@ -265,7 +273,7 @@ def test_generate_during_edit_never_sees_a_half_applied_edit(make_service, tiny_
 
 
 def test_weight_store_restores_originals_on_failed_check(tiny_artifacts) -> None:
-    loaded = load_model(tiny_artifacts.model_dir, tiny_artifacts.editor_dir)
+    loaded = load_served(tiny_artifacts.model_dir, tiny_artifacts.editor_dir)
     from edit_data import EditRecord
 
     delta = loaded.editor.compute_delta(
@@ -291,5 +299,5 @@ def test_prompt_limit_is_capped_by_the_context_length(make_service) -> None:
             call()
         assert err.value.code == "RESOURCE_EXHAUSTED" and "63" in err.value.message
     assert _state(s) == state
-    near = s.generate("w " * 60, max_new_tokens=20)  # stops at the context length
+    near = s.generate("w " * 60, SamplingParams(max_new_tokens=20))  # stops at the context length
     assert near.num_tokens <= 4

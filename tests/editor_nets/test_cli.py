@@ -38,9 +38,9 @@ def test_quick_main_job_writes_everything(quick_run):
     assert {"n_edits", "es", "dd_locality"} <= set(seq)
     assert 0.0 <= report["pretrain"]["qa_accuracy"] <= 1.0
     editor_cfg = json.loads((out / "editor/config.json").read_text())
-    assert editor_cfg["base_model"] == str(out / "model")
-    assert editor_cfg["eval_results"]["es_edit"] == report["methods"]["MEND"]["es_edit"]
-    assert len(editor_cfg["weights_hash"]) == 64
+    assert editor_cfg["model"]["base_model"] == str(out / "model")
+    assert editor_cfg["editor"] == report["config"]["mend"]
+    assert len(editor_cfg["model"]["weights_hash"]) == 64
     phases = {json.loads(line).get("phase") for line in (out / "metrics.jsonl").read_text().splitlines()}
     assert {"pretrain", "meta-train", "validation"} <= phases
     assert str(out / "report.json") in output
@@ -76,7 +76,38 @@ def test_eval_command(quick_run, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "MEND" in result.output
-    assert "MEND" in json.loads((tmp_path / "report.json").read_text())["methods"]
+    assert list(json.loads((tmp_path / "report.json").read_text())["methods"]) == ["MEND"]
+    result = runner.invoke(
+        eval_app,
+        ["--editor", str(out / "editor"), "--data", str(out / "data"), "--modes", "single", "--editors", "FT,MEND",
+         "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert list(json.loads((tmp_path / "report.json").read_text())["methods"]) == ["FT", "MEND"]
+    result = runner.invoke(
+        eval_app, ["--editor", str(out / "editor"), "--data", str(out / "data"), "--editors", "MEND,ROME"]
+    )
+    assert result.exit_code == 2 and "ROME" in result.output and "known editors" in result.output
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_directory_replaces_the_first(quick_run, monkeypatch):
+    """metrics.jsonl holds one run's rows (it was appended to before), and the report is written once."""
+    import editor_nets.pipeline as pipeline
+
+    out, _ = quick_run
+
+    def rows():
+        return [(r.get("phase"), r.get("step")) for r in map(json.loads, (out / "metrics.jsonl").open())]
+
+    first = rows()
+    writes = []
+    real = pipeline.write_report
+    monkeypatch.setattr(pipeline, "write_report", lambda *a, **k: writes.append(a[1]) or real(*a, **k))
+    result = runner.invoke(train_app, ["--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert writes == [out.resolve()]
+    assert rows() == first  # the second run's rows only, not appended to the first's
 
 
 def test_bad_config_and_arguments_are_named(tmp_path):

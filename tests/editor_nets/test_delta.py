@@ -9,7 +9,7 @@ from tiny_models import build_tiny, tiny_batch
 
 pytest.importorskip("transformers")
 
-from editor_nets.delta import EditDelta, LayerDelta, apply_delta, lowrank_edit, restore_weights
+from editor_nets import EditDelta, LayerDelta, applied, apply_delta, lowrank_edit, restore_weights
 from graddecomp import layer_shape
 
 LAYERS = {
@@ -148,7 +148,7 @@ def test_lowrank_gradients_reach_factors_and_alpha():
     u = torch.randn(2, d_in, requires_grad=True)
     d = torch.randn(2, d_out, requires_grad=True)
     alpha = torch.tensor(0.1, requires_grad=True)
-    with lowrank_edit(model, {name: (u, d, alpha)}):
+    with lowrank_edit(model, EditDelta({name: LayerDelta(u, d, alpha)})):
         loss = model(**batch).loss
     loss.backward()
     assert u.grad is not None and d.grad is not None and alpha.grad is not None
@@ -160,3 +160,19 @@ def test_lowrank_hooks_removed_on_error():
     with pytest.raises(RuntimeError, match="boom"), lowrank_edit(model, _random_delta(model, LAYERS["gpt2"])):
         raise RuntimeError("boom")
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_applied_stacks_edits_and_restores_bitwise_also_on_error():
+    model = build_tiny("gpt2")
+    before = _weights(model)
+    first, second = _random_delta(model, LAYERS["gpt2"]), _random_delta(model, LAYERS["gpt2"][:1], seed=1)
+    expected = build_tiny("gpt2")
+    apply_delta(expected, first)
+    apply_delta(expected, second)
+    with applied(model, first, second):
+        for k, v in expected.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v), k
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(RuntimeError, match="boom"), applied(model, first):
+        raise RuntimeError("boom")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -4,59 +4,27 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-from edit_data import EditRecord, LocalityExample, build_world, train_tokenizer  # noqa: E402
+from world_models import EDITED, changed, param_state, world_gpt2  # noqa: E402
+
+from edit_data import EditRecord, LocalityExample, train_tokenizer  # noqa: E402
+from editor_nets import restore_weights  # noqa: E402
 from editor_nets.baselines import FTEditor  # noqa: E402
-from editor_nets.evaluate import (  # noqa: E402
-    evaluate_editor,
-    evaluate_editors,
-    pre_edit_scores,
-    score_targets,
-    target_hits,
-)
+from editor_nets.evaluate import evaluate_editor, evaluate_editors, pre_edit_scores  # noqa: E402
 from editor_nets.report import load_metrics, results_table, write_report  # noqa: E402
-
-EDITED = [
-    "transformer.h.1.mlp.c_fc",
-    "transformer.h.1.mlp.c_proj",
-    "transformer.h.2.mlp.c_fc",
-    "transformer.h.2.mlp.c_proj",
-]
-
-
-def _world_model(steps: int = 250, seed: int = 0):
-    """A 3-block GPT-2 pre-trained for a few seconds on a small synthetic world."""
-    world = build_world(n_entities=24, seed=seed)
-    tok = train_tokenizer(world.corpus)
-    config = transformers.GPT2Config(
-        vocab_size=len(tok), n_positions=32, n_embd=48, n_layer=3, n_head=4,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=2, eos_token_id=3,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = transformers.GPT2LMHeadModel(config)
-    enc = tok(world.corpus, padding=True, return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    labels = ids.masked_fill(mask == 0, -100)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(ids), (32,), generator=g)
-        loss = model(input_ids=ids[idx], attention_mask=mask[idx], labels=labels[idx]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), tok, world
+from editor_nets.scoring import answer_logits, score_batch, score_targets  # noqa: E402
+from tiny_models import build_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trained():
-    return _world_model()
+    return world_gpt2(0)
 
 
 @pytest.fixture(scope="module")
@@ -141,33 +109,48 @@ class RejectingEditor:
         return {}
 
 
-def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def _assert_bitwise(model, state):
-    now = model.state_dict()
-    changed = [k for k in state if not torch.equal(now[k], state[k])]
-    assert not changed, changed
+    assert not changed(model, state)
 
 
-def test_target_hits_hand_computed():
+class FixedLogits(torch.nn.Module):
+    """A stand-in model whose forward returns the given logits."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, **inputs):
+        return types.SimpleNamespace(logits=self.logits)
+
+
+def test_scores_hand_computed():
     # Causal: position t predicts token t + 1; targets are tokens 2 and 3 of row 0, token 3 of row 1.
     vocab = 5
     labels = torch.tensor([[-100, -100, 4, 1], [-100, -100, -100, 2]])
+    batch = {
+        "input_ids": torch.zeros_like(labels),
+        "attention_mask": torch.ones_like(labels),
+        "labels": labels,
+    }
     logits = torch.full((2, 4, vocab), -10.0)
     logits[0, 1, 4] = 10.0  # right: predicts 4 at position 2
     logits[0, 2, 0] = 10.0  # wrong: predicts 0, target 1
     logits[1, 2, 2] = 10.0  # right
-    correct, n, nll = target_hits("causal", logits, labels)
-    assert correct.tolist() == [1, 1] and n.tolist() == [2, 1]
-    assert nll[1] < 1e-3 < 19.0 < nll[0]  # row 0 has one confidently wrong token
+    s = score_batch(FixedLogits(logits), batch, kind="causal")
+    assert (
+        s.correct.tolist() == [1, 1] and s.n_tokens.tolist() == [2, 1] and s.exact.tolist() == [False, True]
+    )
+    assert s.nll[1] < 1e-3 < 19.0 < s.nll[0]  # row 0 has one confidently wrong token
+    assert s.token_acc.tolist() == [0.5, 1.0]
+    assert answer_logits(FixedLogits(logits), batch, kind="causal").rows.tolist() == [0, 0, 1]
     # Seq2seq: logits aligned with labels, -100 ignored.
-    correct, n, _ = target_hits("seq2seq", logits, labels)
-    assert n.tolist() == [2, 1] and correct.tolist() == [0, 0]
+    s = score_batch(FixedLogits(logits), batch, kind="seq2seq")
+    assert s.n_tokens.tolist() == [2, 1] and s.correct.tolist() == [0, 0]
     # Classifier: one label per row.
-    correct, n, _ = target_hits("classifier", torch.tensor([[0.0, 1.0], [2.0, 1.0]]), torch.tensor([1, 1]))
-    assert correct.tolist() == [1, 0] and n.tolist() == [1, 1]
+    batch = {"input_ids": labels, "attention_mask": labels, "labels": torch.tensor([1, 1])}
+    s = score_batch(FixedLogits(torch.tensor([[0.0, 1.0], [2.0, 1.0]])), batch, kind="classifier")
+    assert s.correct.tolist() == [1, 0] and s.n_tokens.tolist() == [1, 1]
 
 
 def test_scores_match_greedy_generation(trained):
@@ -204,7 +187,7 @@ def test_editor_that_does_nothing_scores_zero(trained, records):
 
 def test_noise_editor_shows_drawdown_and_is_restored(trained, records):
     model, tok, _ = trained
-    before = _state(model)
+    before = param_state(model)
     torch.manual_seed(0)
     for mode in ("single", "batched", "sequential"):
         out = evaluate_editor(
@@ -217,7 +200,7 @@ def test_noise_editor_shows_drawdown_and_is_restored(trained, records):
 
 def test_fine_tuning_reaches_edit_success(trained, records):
     model, tok, _ = trained
-    before = _state(model)
+    before = param_state(model)
     res = evaluate_editors(
         model,
         tok,
@@ -228,14 +211,26 @@ def test_fine_tuning_reaches_edit_success(trained, records):
     )
     m = res["methods"]["FT"]
     assert m["es_edit"] == 1.0 and m["token_acc_edit"] == 1.0
-    assert m["es_rephrase"] >= 0.0 and m["dd_locality"] is not None
     assert "sequential" not in m
     _assert_bitwise(model, before)
+    # the rephrase and locality figures are the means of what each edit does, measured by hand
+    ft, reph, loc_before, loc_after = FTEditor(targets=EDITED, lr=3e-3, max_steps=40), [], 0, 0
+    for r in records[:6]:
+        loc = ([x.prompt for x in r.locality], [x.answer for x in r.locality])
+        loc_before += int(score_targets(model, tok, *loc).exact.sum())
+        snapshot = ft.edit(model, tok, [r])
+        reph.append(
+            float(score_targets(model, tok, r.rephrases, [r.target] * len(r.rephrases)).exact.float().mean())
+        )
+        loc_after += int(score_targets(model, tok, *loc).exact.sum())
+        restore_weights(model, snapshot)
+    assert m["es_rephrase"] == pytest.approx(sum(reph) / len(reph))
+    assert m["dd_locality"] == pytest.approx((loc_before - loc_after) / m["n_locality"])
 
 
 def test_sequential_edits_stack_and_are_restored(trained, records):
     model, tok, _ = trained
-    before = _state(model)
+    before = param_state(model)
     b0 = float(model.get_submodule("transformer.h.2.mlp.c_proj").bias.detach()[0])
     editor = CountingEditor()
     out = evaluate_editor(model, tok, editor, records[:7], mode="sequential", n_sequential=3, progress=False)
@@ -249,7 +244,7 @@ def test_sequential_edits_stack_and_are_restored(trained, records):
 
 def test_editor_leaving_changes_is_caught(trained, records):
     model, tok, _ = trained
-    before = _state(model)
+    before = param_state(model)
     with pytest.raises(RuntimeError, match="leaky"):
         evaluate_editor(model, tok, LeakyEditor(), records[:1], progress=False)
     model.load_state_dict(before)
@@ -260,7 +255,7 @@ def test_rejected_edits_are_counted_or_raised(trained, records):
     with pytest.warns(UserWarning, match="norm"):
         out = evaluate_editor(model, tok, RejectingEditor(), records[:4], progress=False)
     assert out["n_failed_edits"] == 2 and "norm" in out["first_failure"]
-    assert out["n_edits"] == 4 and len([out["edit_latency_ms_median"]]) == 1
+    assert out["n_edits"] == 4 and out["n_timed_edits"] == 2  # rejected edits are not timed
     with pytest.raises(ValueError, match="norm"):
         evaluate_editor(model, tok, RejectingEditor(), records[:4], progress=False, on_edit_error="raise")
 
@@ -278,12 +273,7 @@ def test_bad_arguments_are_named(trained, records):
 def test_classifier_label_flip():
     texts = ["the sky is blue", "the sky is green", "grass is green", "grass is red", "snow is white"]
     tok = train_tokenizer(texts)
-    config = transformers.BertConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=48, max_position_embeddings=32, num_labels=2, pad_token_id=0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(config).eval()
+    model = build_tiny("bert")
     with torch.no_grad():
         pred = model(**tok(texts[:2], return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
     names = ["REFUTES", "SUPPORTS"]
@@ -306,26 +296,19 @@ def test_classifier_label_flip():
 
 @pytest.mark.parametrize("name", ["t5", "bart"])
 def test_seq2seq_evaluation(name):
-    from tiny_models import TINY_MODELS
-
-    spec = TINY_MODELS[name]
     tok = train_tokenizer(["Where does Ana live ?", "Rome Paris Oslo", "grass is green", "snow is white"])
-    torch.manual_seed(0)
-    model = getattr(transformers, spec.model_class)(
-        getattr(transformers, spec.config_class)(**spec.config)
-    ).eval()
+    model = build_tiny(name)
     record = EditRecord(
         "Where does Ana live ?",
         "Rome",
         rephrases=["Where does Ana live"],
         locality=[LocalityExample("grass is", "green"), LocalityExample("snow is", "white")],
     )
-    before = _state(model)
+    before = param_state(model)
     editors = {"null": NullEditor(), "FT": FTEditor(lr=1e-2, max_steps=60)}
     res = evaluate_editors(model, tok, editors, [record], modes=("single", "sequential"), progress=False)
     assert res["settings"]["model_kind"] == "seq2seq"
-    if res["pre_edit"]["es_edit"] == 0.0:
-        assert res["methods"]["null"]["es_edit"] == 0.0
+    assert res["pre_edit"]["es_edit"] == 0.0 and res["methods"]["null"]["es_edit"] == 0.0
     assert res["methods"]["null"]["dd_locality"] == 0.0
     assert res["methods"]["FT"]["es_edit"] == 1.0 and res["methods"]["FT"]["sequential"]["es"] == 1.0
     _assert_bitwise(model, before)

@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 from edit_data import EditRecord, LocalityExample, train_tokenizer
 from editor_nets import (
     INPUT_MODES,
+    MendConfig,
     MendEditor,
     MetaTrainConfig,
     default_targets,
@@ -69,10 +70,10 @@ def _fine_tuning_step(model, tok, record, targets, lr):
 def test_fresh_editor_equals_fine_tuning_step(name, mode, tok):
     model = build_tiny(name)
     record = _record("causal")
-    editor = MendEditor.for_model(model, input_mode=mode, rank=16, alpha_init=0.5)
-    expected = _fine_tuning_step(model, tok, record, editor.config.targets, lr=0.5)
+    editor = MendEditor.for_model(model, MendConfig(input_mode=mode, rank=16, alpha_init=0.5))
+    expected = _fine_tuning_step(model, tok, record, editor.targets, lr=0.5)
     snapshot = editor.edit(model, tok, [record])
-    assert sorted(snapshot) == sorted(f"{t}.weight" for t in editor.config.targets)
+    assert sorted(snapshot) == sorted(f"{t}.weight" for t in editor.targets)
     for t, w in expected.items():
         torch.testing.assert_close(model.get_submodule(t).weight.detach(), w, rtol=1e-5, atol=1e-6)
 
@@ -80,7 +81,7 @@ def test_fresh_editor_equals_fine_tuning_step(name, mode, tok):
 def test_identity_holds_with_trained_normalisers(tok):
     """After the running statistics have seen data, the fresh networks are still the identity."""
     model = build_tiny("gpt2")
-    editor = MendEditor.for_model(model, rank=16, alpha_init=0.5)
+    editor = MendEditor.for_model(model, MendConfig(rank=16, alpha_init=0.5))
     editor.train()
     rng = random.Random(0)
     with torch.no_grad():
@@ -88,7 +89,7 @@ def test_identity_holds_with_trained_normalisers(tok):
             meta_loss(editor, model, tok, [_record("causal")], MetaTrainConfig(), rng)
     norms = [m for m in editor.modules() if isinstance(m, RunningNorm)]
     assert all(float(n.count) > 2 for n in norms)
-    expected = _fine_tuning_step(model, tok, _record("causal"), editor.config.targets, lr=0.5)
+    expected = _fine_tuning_step(model, tok, _record("causal"), editor.targets, lr=0.5)
     editor.edit(model, tok, [_record("causal")])
     for t, w in expected.items():
         torch.testing.assert_close(model.get_submodule(t).weight.detach(), w, rtol=1e-4, atol=1e-6)
@@ -96,14 +97,14 @@ def test_identity_holds_with_trained_normalisers(tok):
 
 def test_one_network_per_shape_with_modes():
     model = build_tiny("gpt2")  # c_fc (128x32) and c_proj (32x128) in 2 blocks
-    editor = MendEditor.for_model(model, rank=4096)
+    editor = MendEditor.for_model(model, MendConfig(rank=4096))
     assert sorted(editor.editors) == ["128x32", "32x128"]
     net = editor.editors["128x32"].net
     assert net.layers[0].U.shape == (160, 160)  # rank capped at the width d_in + d_out
-    assert net.layers[0].scale.shape[0] == 2  # one mode per layer sharing the shape
+    assert net.layers[0].scale.shape[0] == 2  # one scale per layer sharing the shape
     assert torch.count_nonzero(net.layers[0].U) == 0
     assert editor.alpha.shape == (4,)
-    assert set(editor.mode_of.values()) == {0, 1}
+    assert set(editor.shared_index.values()) == {0, 1}
 
 
 def test_running_norm_matches_batch_statistics():
@@ -119,7 +120,7 @@ def test_running_norm_matches_batch_statistics():
 
 def test_normalisers_frozen_at_edit_time(tok):
     model = build_tiny("gpt2")
-    editor = MendEditor.for_model(model, rank=16).eval()
+    editor = MendEditor.for_model(model, MendConfig(rank=16)).eval()
     counts = [float(n.count) for n in editor.modules() if isinstance(n, RunningNorm)]
     editor.compute_delta(model, tok, [_record("causal")])
     assert counts == [float(n.count) for n in editor.modules() if isinstance(n, RunningNorm)]
@@ -138,8 +139,8 @@ def test_editor_across_tiny_model_table(name, tok):
         assert any(".encoder." in t or t.startswith("encoder.") for t in targets)
         assert any(".decoder." in t or t.startswith("decoder.") for t in targets)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    editor = MendEditor.for_model(model, rank=16, alpha_init=0.1)
-    assert editor.config.kind == spec.kind
+    editor = MendEditor.for_model(model, MendConfig(rank=16, alpha_init=0.1))
+    assert editor.spec.kind == spec.kind
     record = _record(spec.kind)
     delta = editor.compute_delta(model, tok, [record])
     assert set(delta.layers) == set(targets)
@@ -161,17 +162,17 @@ def test_editor_across_tiny_model_table(name, tok):
 
 def test_checkpoint_round_trip(tmp_path, tok):
     model = build_tiny("gpt2")
-    editor = MendEditor.for_model(model, rank=16, base_model="tiny-gpt2")
+    editor = MendEditor.for_model(model, MendConfig(rank=16), base_model="tiny-gpt2")
     with torch.no_grad():
         for p in editor.parameters():
             p.add_(0.01 * torch.randn_like(p))
     editor.train()
     meta_loss(editor, model, tok, [_record("causal")], MetaTrainConfig(), random.Random(0))  # fills stats
-    editor.config.eval_results = {"es_rephrase": 0.5}
     editor.save_pretrained(tmp_path / "editor")
     assert {p.name for p in (tmp_path / "editor").iterdir()} == {"config.json", "editor.safetensors"}
     loaded = MendEditor.from_pretrained(tmp_path / "editor", model=model)
-    assert loaded.config == editor.config
+    assert loaded.config == editor.config and loaded.spec == editor.spec
+    assert loaded.spec.base_model == "tiny-gpt2" and loaded.config.rank == 16
     for (k, a), b in zip(editor.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     d1 = editor.eval().compute_delta(model, tok, [_record("causal")])
@@ -182,7 +183,7 @@ def test_checkpoint_round_trip(tmp_path, tok):
 
 def test_checkpoint_shape_mismatch_and_weight_mismatch(tmp_path):
     model = build_tiny("gpt2")
-    MendEditor.for_model(model, rank=8).save_pretrained(tmp_path / "editor")
+    MendEditor.for_model(model, MendConfig(rank=8)).save_pretrained(tmp_path / "editor")
     import transformers
 
     spec = TINY_MODELS["gpt2"]
@@ -195,10 +196,13 @@ def test_checkpoint_shape_mismatch_and_weight_mismatch(tmp_path):
 
 def test_bad_config_is_named(tmp_path):
     model = build_tiny("gpt2")
-    MendEditor.for_model(model, rank=8).save_pretrained(tmp_path / "editor")
+    MendEditor.for_model(model, MendConfig(rank=8)).save_pretrained(tmp_path / "editor")
     cfg = tmp_path / "editor" / "config.json"
     cfg.write_text(cfg.read_text().replace('"rank"', '"rnak"'))
-    with pytest.raises(ValueError, match=r"unknown field.*rnak"):
+    with pytest.raises(ValueError, match=r"unknown field.*rnak.*editor"):
+        MendEditor.from_pretrained(tmp_path / "editor")
+    cfg.write_text("{}")
+    with pytest.raises(ValueError, match=r"config.json: expected an object with exactly the keys"):
         MendEditor.from_pretrained(tmp_path / "editor")
     with pytest.raises(ValueError, match="input_mode"):
-        MendEditor.for_model(model, input_mode="both")
+        MendEditor.for_model(model, MendConfig(input_mode="both"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -12,7 +13,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from edit_data import build_world, split_records, train_tokenizer  # noqa: E402
-from editor_nets import MendEditor, MetaTrainConfig, meta_loss, meta_train  # noqa: E402
+from editor_nets import MendConfig, MendEditor, MetaTrainConfig, meta_loss, meta_train, validate_editor  # noqa: E402
+from editor_nets.report import MetricsLog  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +44,12 @@ def test_meta_training_reduces_edit_loss(setup, tmp_path):
     model, tok, splits = setup
     config = MetaTrainConfig(steps=40, grad_accum=1, lr=3e-3, lr_alpha=3e-2, c_edit=1.0, val_every=20,
                              val_edits=4, patience=10, seed=0)  # fmt: skip
-    editor = MendEditor.for_model(model, rank=32, alpha_init=1e-3)  # a weak edit to start from
+    editor = MendEditor.for_model(model, MendConfig(rank=32, alpha_init=1e-3))  # a weak edit to start from
     held = splits["train"][:8]
     before = _mean_edit_nll(editor, model, tok, held, config)
     weights_before = {k: v.clone() for k, v in model.state_dict().items()}
-    summary = meta_train(editor, model, tok, splits["train"], splits["validation"], config, tmp_path)
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    summary = meta_train(editor, model, tok, splits["train"], splits["validation"], config, tmp_path, log=log)
     after = _mean_edit_nll(editor, model, tok, held, config)
     assert after < 0.95 * before, (before, after)  # NLL of the new targets after the edit
     assert summary["steps"] == 40 and summary["skipped_steps"] == 0
@@ -63,14 +66,16 @@ def test_meta_training_reduces_edit_loss(setup, tmp_path):
 def test_resume_continues_where_it_stopped(setup, tmp_path):
     model, tok, splits = setup
     config = MetaTrainConfig(steps=4, grad_accum=1, val_every=2, val_edits=2, patience=10)
-    editor = MendEditor.for_model(model, rank=8, alpha_init=0.05)
-    meta_train(editor, model, tok, splits["train"], splits["validation"], config, tmp_path)
+    editor = MendEditor.for_model(model, MendConfig(rank=8, alpha_init=0.05))
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    meta_train(editor, model, tok, splits["train"], splits["validation"], config, tmp_path, log=log)
     state = torch.load(tmp_path / "train_state.pt", weights_only=False)
-    assert state["step"] == 4
+    assert state["progress"]["step"] == 4
     longer = MetaTrainConfig(steps=6, grad_accum=1, val_every=2, val_edits=2, patience=10)
-    fresh = MendEditor.for_model(model, rank=8, alpha_init=0.05)
+    fresh = MendEditor.for_model(model, MendConfig(rank=8, alpha_init=0.05))
+    log = MetricsLog(tmp_path / "metrics.jsonl", resume=True)
     summary = meta_train(
-        fresh, model, tok, splits["train"], splits["validation"], longer, tmp_path, resume=True
+        fresh, model, tok, splits["train"], splits["validation"], longer, tmp_path, resume=True, log=log
     )
     assert summary["steps"] == 6
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -80,7 +85,7 @@ def test_resume_continues_where_it_stopped(setup, tmp_path):
 
 def test_non_finite_steps_are_skipped(setup, tmp_path):
     model, tok, splits = setup
-    editor = MendEditor.for_model(model, rank=8, alpha_init=0.05)
+    editor = MendEditor.for_model(model, MendConfig(rank=8, alpha_init=0.05))
     with torch.no_grad():
         editor.alpha[0] = float("nan")
     net_before = {k: v.clone() for k, v in editor.state_dict().items() if "norm" not in k}
@@ -100,7 +105,7 @@ def test_training_on_top_of_prior_edits_leaves_model_unchanged(setup, tmp_path):
     config = MetaTrainConfig(
         steps=3, grad_accum=2, max_prior_edits=3, val_every=3, val_edits=3, val_sequential=3
     )
-    editor = MendEditor.for_model(model, rank=8, alpha_init=0.05)
+    editor = MendEditor.for_model(model, MendConfig(rank=8, alpha_init=0.05))
     summary = meta_train(editor, model, tok, splits["train"], splits["validation"], config, tmp_path)
     assert summary["steps"] == 3 and "es_sequential" in summary["best_validation"]
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -112,7 +117,7 @@ def test_cosine_decay_lowers_every_groups_rate_and_survives_resume(setup, tmp_pa
     model, tok, splits = setup
     config = MetaTrainConfig(steps=4, grad_accum=1, val_every=2, val_edits=2, patience=10, cosine_decay=True,
                              lr=1e-3, lr_gate=2e-3, lr_alpha=4e-3)  # fmt: skip
-    editor = MendEditor.for_model(model, rank=8, alpha_init=0.05)
+    editor = MendEditor.for_model(model, MendConfig(rank=8, alpha_init=0.05))
     meta_train(editor, model, tok, splits["train"][:6], splits["validation"], config, tmp_path)
     state = torch.load(tmp_path / "train_state.pt", weights_only=False)
     factor = 0.1 + 0.45 * (1 + math.cos(math.pi * 3 / 4))  # the rate of the last step (t = 3)
@@ -126,3 +131,12 @@ def test_cosine_decay_lowers_every_groups_rate_and_survives_resume(setup, tmp_pa
     assert [g["lr"] for g in state["optimizer"]["param_groups"]] == pytest.approx(
         [1e-3 * factor, 2e-3 * factor, 4e-3 * factor]
     )
+
+
+def test_validate_editor_restores_the_editors_mode_when_it_raises(setup):
+    model, tok, splits = setup
+    editor = MendEditor.for_model(model, MendConfig(rank=8)).train()
+    bad = dataclasses.replace(splits["validation"][0], target="   ")  # the collator refuses an empty target
+    with pytest.raises(ValueError, match="empty target"):
+        validate_editor(editor, model, tok, [bad])
+    assert all(m.training for m in editor.modules())

@@ -7,6 +7,7 @@ from edit_data.collate import (
     collate_causal,
     collate_classifier,
     collate_seq2seq,
+    encode_prompt,
     join_prompt_target,
 )
 from edit_data.errors import RecordError, SkippedRecord
@@ -53,6 +54,7 @@ __all__ = [
     "collate_classifier",
     "collate_seq2seq",
     "detect_format",
+    "encode_prompt",
     "join_prompt_target",
     "load_locality",
     "load_records",

@@ -9,12 +9,16 @@ from typing import Annotated
 
 import typer
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 app = typer.Typer(
     help="Build, generate and inspect model-editing datasets.", no_args_is_help=True, add_completion=False
 )
+
+
+@app.callback()
+def _offline() -> None:
+    """Build, generate and inspect model-editing datasets (offline: nothing is downloaded)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def _fail(message: str) -> typer.Exit:

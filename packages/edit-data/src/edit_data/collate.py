@@ -27,6 +27,20 @@ def join_prompt_target(prompt: str, target: str) -> tuple[str, int]:
     return prompt + " " + target, len(prompt) + 1
 
 
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """The token ids a causal LM sees before the answer: the prompt with the special tokens the
+    tokenizer puts in front (BOS for Llama-style tokenizers), without those it appends (EOS/SEP).
+
+    Edits (:func:`collate_causal`), evaluation and generation all encode prompts this way, so a
+    model is edited on exactly the ids it is later asked with."""
+    full = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    plain = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    for lead in range(len(full) - len(plain) + 1):
+        if full[lead : lead + len(plain)] == plain:
+            return full[: lead + len(plain)]
+    return full
+
+
 def _pad_id(tokenizer: Any) -> int:
     if tokenizer.pad_token_id is not None:
         return int(tokenizer.pad_token_id)
@@ -63,7 +77,7 @@ def _split_causal(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], 
         # tokens have empty offsets (0, 0) and never count.
         is_target = [end > start and end > begin for begin, end in enc["offset_mapping"]]
     else:  # slow tokenizers: tokenise the two parts separately
-        p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        p = encode_prompt(tokenizer, prompt)
         t = tokenizer(" " + target.lstrip(), add_special_tokens=False)["input_ids"]
         ids, is_target = list(p) + list(t), [False] * len(p) + [True] * len(t)
     if not any(is_target):

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)  # ids 0, 1, 2, 3
 
 
-def train_tokenizer(texts: Iterable[str], *, vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], *, vocab_size: int | None = None, add_bos: bool = False
+) -> PreTrainedTokenizerFast:
     """Train a word-level tokenizer on ``texts`` (no download, deterministic).
 
     Words are split on whitespace and every punctuation character is its own token, so each
     single-word entity name of the world is exactly one token. ``vocab_size`` caps the vocabulary
     (most frequent words kept, specials included); ``None`` keeps every word. Special tokens:
     ``<pad>``=0, ``<unk>``=1, ``<bos>``=2, ``<eos>``=3. Nothing is added automatically around a
-    text (like GPT-2). Save and reload with ``save_pretrained`` / ``AutoTokenizer.from_pretrained``.
+    text (like GPT-2), unless ``add_bos``: then every text starts with ``<bos>`` (like Llama). Save and reload with ``save_pretrained`` / ``AutoTokenizer.from_pretrained``.
     """
     texts = list(texts)
     if not texts:
@@ -39,6 +41,10 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int | None = None) -> P
     )
     # Sorting makes the vocabulary independent of text order among equal-frequency words.
     tok.train_from_iterator(sorted(texts), trainer=trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD,

@@ -14,7 +14,6 @@ in the same format.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from edit_data.records import EditRecord, LocalityExample
@@ -282,27 +281,6 @@ def _template_words(relations: list[Relation]) -> set[str]:
     return words
 
 
-class _IndicesWithout(Sequence[int]):
-    """``range(n)`` minus the sorted indices ``excluded``, without building the list (keeps
-    ``random.sample`` linear in the sample size instead of the world size)."""
-
-    def __init__(self, n: int, excluded: list[int]):
-        self.n, self.excluded = n, excluded
-
-    def __len__(self) -> int:
-        return self.n - len(self.excluded)
-
-    def __getitem__(self, i: int) -> int:  # type: ignore[override]
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        for e in self.excluded:
-            if e <= i:
-                i += 1
-            else:
-                break
-        return i
-
-
 def _question(template: str, subject: str) -> str:
     return template.format(s=subject)
 
@@ -399,7 +377,7 @@ def _records(
         order = list(range(len(r.questions)))
         rng.shuffle(order)
         prompts = [_question(r.questions[k], f.subject) for k in order]
-        others = _IndicesWithout(len(facts), by_subject[f.subject])
+        others = [j for j in range(len(facts)) if facts[j].subject != f.subject]
         locality = [ask(j) for j in rng.sample(others, min(n_locality, len(others)))]
         same_subject = [j for j in by_subject[f.subject] if j != i]
         same_relation = [j for j in by_relation[f.relation] if j != i]
@@ -447,16 +425,13 @@ def _claim_records(
     """Label-flip edits on the claims (task ``"classification"``): the rephrases are the same
     claim in the relation's other statement templates."""
     by_name = {r.name: r for r in rels}
-    by_subject: dict[str, list[int]] = {}
-    for i, c in enumerate(claims):
-        by_subject.setdefault(c.subject, []).append(i)
     records: list[EditRecord] = []
     for i, c in enumerate(claims):
         r = by_name[c.relation]
         obj = _object_of(c.text, r, c.subject)
         rephrases = [_statement(s, c.subject, obj) for s in r.statements]
         rephrases = [t for t in rephrases if t != c.text]
-        others = _IndicesWithout(len(claims), by_subject[c.subject])
+        others = [j for j in range(len(claims)) if claims[j].subject != c.subject]
         locality = [
             LocalityExample(claims[j].text, claims[j].label)
             for j in rng.sample(others, min(n_locality, len(others)))

@@ -7,18 +7,12 @@ Heavy imports (Ray, transformers) happen only when a server is started.
 
 from edit_serve.client import EditClient
 from edit_serve.journal import EditJournal, JournalCorruptError, JournalEntry, JournalLockedError
+from edit_serve.requests import SamplingParams, ServeError, ServeLimits
+from edit_serve.results import EditInfo, EditResult, GenerateResult, HealthInfo, RollbackResult
 from edit_serve.rwlock import ReadWriteLock
-from edit_serve.service import (
-    EditInfo,
-    EditResult,
-    EditService,
-    GenerateResult,
-    HealthInfo,
-    RollbackResult,
-    ServeError,
-    ServeLimits,
-)
-from edit_serve.weights import WeightStore, weights_digest
+from edit_serve.service import EditService
+from edit_serve.weights import WeightStore
+from editor_nets import weights_digest
 
 __all__ = [
     "EditClient",
@@ -33,6 +27,7 @@ __all__ = [
     "JournalLockedError",
     "ReadWriteLock",
     "RollbackResult",
+    "SamplingParams",
     "ServeError",
     "ServeLimits",
     "WeightStore",

@@ -20,9 +20,8 @@ from typing import Any
 from edit_serve.generation import GenerationStep
 from edit_serve.service import EditService, ServeError
 
-__all__ = ["CALLABLE_METHODS", "LocalBackend", "RayBackend"]
+__all__ = ["LocalBackend", "RayBackend"]
 
-CALLABLE_METHODS = frozenset({"edit", "generate", "rollback", "list_edits", "get_edit", "health"})
 _DONE = object()
 
 
@@ -54,7 +53,7 @@ class LocalBackend:
         }
 
     async def call(self, method: str, **kwargs: Any) -> Any:
-        if method not in CALLABLE_METHODS:
+        if method not in self._pool_of:
             raise ServeError("UNIMPLEMENTED", f"unknown method {method!r}")
         fn = getattr(self.service, method)
         return await asyncio.wrap_future(self._pool_of[method].submit(lambda: fn(**kwargs)))

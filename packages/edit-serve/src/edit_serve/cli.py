@@ -7,6 +7,7 @@ default ``edit-train`` job first when they are missing) on 127.0.0.1:50051 with 
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import typer
 
 from edit_serve.journal import EditJournal, JournalCorruptError, JournalLockedError
-from edit_serve.service import ServeLimits
+from edit_serve.requests import ServeLimits
 
 app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
 
@@ -82,6 +83,8 @@ def serve(
 ) -> None:
     """Start Ray Serve with the model + editor and the gRPC front; Ctrl-C (SIGINT/SIGTERM) stops."""
     from edit_serve.deployment import SidecarSettings, start_sidecar
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # the sidecar never phones home
 
     if model is None and editor is None:
         model, editor = DEFAULT_RUN / "model", DEFAULT_RUN / "editor"

@@ -1,10 +1,10 @@
 """A small synchronous Python client for the sidecar.
 
 ```python
-from edit_serve import EditClient
+from edit_serve import EditClient, SamplingParams
 with EditClient("127.0.0.1:50051", token="s3cret") as client:
     reply = client.edit("Who is the UK prime minister?", "Boris Johnson", provenance={"who": "ana"})
-    print(client.generate("Who is the UK prime minister?", max_new_tokens=5).text)
+    print(client.generate("Who is the UK prime minister?", SamplingParams(max_new_tokens=5)).text)
     client.rollback(edit_id=reply.edit_id)
 ```
 
@@ -21,6 +21,7 @@ import grpc
 
 from edit_serve.proto import modeledit_pb2 as pb
 from edit_serve.proto import modeledit_pb2_grpc as pb_grpc
+from edit_serve.requests import SamplingParams
 
 __all__ = ["EditClient"]
 
@@ -77,53 +78,29 @@ class EditClient:
         return self.stub.Edit(request, **self._kw())
 
     @staticmethod
-    def _generate_request(
-        prompt: str,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
-        stop: Sequence[str],
-    ) -> pb.GenerateRequest:
+    def _generate_request(prompt: str, sampling: SamplingParams | None) -> pb.GenerateRequest:
+        sampling = sampling or SamplingParams()
         request = pb.GenerateRequest(
             prompt=prompt,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=list(stop),
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            stop=list(sampling.stop),
         )
-        if seed is not None:
-            request.seed = seed
+        if sampling.seed is not None:
+            request.seed = sampling.seed
         return request
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        max_new_tokens: int = 0,
-        temperature: float = 0.0,
-        top_p: float = 0.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-    ) -> pb.GenerateReply:
-        """The continuation of ``prompt`` (greedy when ``temperature`` is 0) and its weight version."""
-        request = self._generate_request(prompt, max_new_tokens, temperature, top_p, seed, stop)
-        return self.stub.Generate(request, **self._kw())
+    def generate(self, prompt: str, sampling: SamplingParams | None = None) -> pb.GenerateReply:
+        """The continuation of ``prompt`` (greedy by default) and the weight version that made it."""
+        return self.stub.Generate(self._generate_request(prompt, sampling), **self._kw())
 
     def generate_stream(
-        self,
-        prompt: str,
-        *,
-        max_new_tokens: int = 0,
-        temperature: float = 0.0,
-        top_p: float = 0.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
+        self, prompt: str, sampling: SamplingParams | None = None
     ) -> Iterator[pb.GenerateChunk]:
         """Chunks of the continuation as they are generated; the last has ``done=True``.
         Call ``.cancel()`` on the returned iterator to stop early."""
-        request = self._generate_request(prompt, max_new_tokens, temperature, top_p, seed, stop)
-        return self.stub.GenerateStream(request, **self._kw())
+        return self.stub.GenerateStream(self._generate_request(prompt, sampling), **self._kw())
 
     def rollback(self, *, edit_id: str | None = None, to_version: int | None = None) -> pb.RollbackReply:
         """Undo one active edit, or every edit applied after ``to_version``."""

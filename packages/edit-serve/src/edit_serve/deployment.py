@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edit_serve.service import ServeError, ServeLimits
+from edit_serve.requests import ServeError, ServeLimits
 
 __all__ = ["EditServeDeployment", "RunningSidecar", "SidecarSettings", "start_sidecar"]
 
@@ -49,10 +49,10 @@ class SidecarSettings:
 
 def _build_service(settings: SidecarSettings):
     from edit_serve.journal import EditJournal
-    from edit_serve.loading import load_model
+    from edit_serve.loading import load_served
     from edit_serve.service import EditService
 
-    loaded = load_model(settings.model, settings.editor, num_gpus=settings.num_gpus)
+    loaded = load_served(settings.model, settings.editor, num_gpus=settings.num_gpus)
     journal = EditJournal(settings.journal, skip=settings.skip_corrupt)
     for note in journal.notes:
         print(f"[edit-serve] journal: {note}", flush=True)
@@ -154,9 +154,10 @@ def start_sidecar(settings: SidecarSettings) -> RunningSidecar:
     from edit_serve.backend import RayBackend
     from edit_serve.front import start_grpc_server
 
-    for name in ("model", "editor", "journal"):
-        setattr(settings, name, str(Path(getattr(settings, name)).resolve()))
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    settings = replace(
+        settings,
+        **{name: str(Path(getattr(settings, name)).resolve()) for name in ("model", "editor", "journal")},
+    )
     if not ray.is_initialized():
         ray.init(
             address="local",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from edit_serve.proto import modeledit_pb2 as pb
-from edit_serve.service import EditInfo, ServeError, ServeLimits
+from edit_serve.requests import SamplingParams, ServeError, ServeLimits
+from edit_serve.results import EditInfo
 
 __all__ = ["SERVICE_NAME", "ModelEditServicer", "start_grpc_server"]
 
@@ -49,16 +51,17 @@ def _safe_deserializer(message_type: Any) -> Callable[[bytes], Any]:
 
 
 def _edit_info(info: EditInfo) -> pb.EditInfo:
-    return pb.EditInfo(
-        edit_id=info.edit_id,
-        prompt=info.prompt,
-        target=info.target,
-        status=_STATUS[info.status],
-        provenance=info.provenance,
-        created_at=info.created_at,
-        rolled_back_at=info.rolled_back_at,
-        applied_at_version=info.applied_at_version,
-        idempotency_key=info.idempotency_key,
+    return pb.EditInfo(**{**asdict(info), "status": _STATUS[info.status]})
+
+
+def sampling_of(request: pb.GenerateRequest) -> SamplingParams:
+    """The request's sampling fields (``seed`` unset = ``None``)."""
+    return SamplingParams(
+        max_new_tokens=int(request.max_new_tokens),
+        temperature=float(request.temperature),
+        top_p=float(request.top_p),
+        seed=int(request.seed) if request.HasField("seed") else None,
+        stop=tuple(request.stop),
     )
 
 
@@ -109,40 +112,22 @@ class ModelEditServicer:
             idempotency_key=request.idempotency_key,
             provenance=dict(request.provenance),
         )
-        return pb.EditReply(
-            edit_id=r.edit_id,
-            version=r.version,
-            latency_ms=r.latency_ms,
-            target_logprob_before=r.target_logprob_before,
-            target_logprob_after=r.target_logprob_after,
-            replayed=r.replayed,
-        )
-
-    @staticmethod
-    def _generate_kwargs(request: pb.GenerateRequest) -> dict[str, Any]:
-        return {
-            "prompt": request.prompt,
-            "max_new_tokens": int(request.max_new_tokens),
-            "temperature": float(request.temperature),
-            "top_p": float(request.top_p),
-            "seed": int(request.seed) if request.HasField("seed") else None,
-            "stop": list(request.stop),
-        }
+        return pb.EditReply(**asdict(r))
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateReply:
         await self._check(request, context)
-        r = await self._call(context, "generate", **self._generate_kwargs(request))
-        return pb.GenerateReply(text=r.text, num_tokens=r.num_tokens, version=r.version)
+        r = await self._call(context, "generate", prompt=request.prompt, sampling=sampling_of(request))
+        return pb.GenerateReply(**asdict(r))
 
     async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         await self._check(request, context)
         try:
-            async for step, version in self.backend.stream(**self._generate_kwargs(request)):
-                yield pb.GenerateChunk(
-                    text=step.text, version=version, done=step.done, num_tokens=step.num_tokens
-                )
+            async for step, version in self.backend.stream(
+                prompt=request.prompt, sampling=sampling_of(request)
+            ):
+                yield pb.GenerateChunk(**asdict(step), version=version)
         except grpc.aio.AbortError:
             raise
         except Exception as err:
@@ -160,8 +145,7 @@ class ModelEditServicer:
         kwargs = (
             {"edit_id": request.edit_id} if which == "edit_id" else {"to_version": int(request.to_version)}
         )
-        r = await self._call(context, "rollback", **kwargs)
-        return pb.RollbackReply(version=r.version, rolled_back=r.rolled_back)
+        return pb.RollbackReply(**asdict(await self._call(context, "rollback", **kwargs)))
 
     async def ListEdits(
         self, request: pb.ListEditsRequest, context: grpc.aio.ServicerContext
@@ -176,14 +160,8 @@ class ModelEditServicer:
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:
         await self._check(request, context)
-        h = await self._call(context, "health", with_digest=request.weights_digest)
         return pb.HealthReply(
-            status=h.status,
-            version=h.version,
-            active_edits=h.active_edits,
-            model=h.model,
-            device=h.device,
-            weights_sha256=h.weights_sha256,
+            **asdict(await self._call(context, "health", with_digest=request.weights_digest))
         )
 
 

@@ -1,4 +1,5 @@
-"""Token-by-token generation for causal LMs with a per-request random generator.
+"""Token-by-token generation for causal LMs with a per-request random generator, and the stream
+that holds the service's read lock while it runs.
 
 One loop serves both ``Generate`` and ``GenerateStream`` (Generate joins the stream's pieces),
 so both give identical text for the same request. We use our own loop with the KV cache
@@ -10,26 +11,18 @@ certain they do not start there.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GenerationStep", "SamplingParams", "context_length", "generate_steps", "pick_token"]
+from edit_serve.requests import SamplingParams
+from edit_serve.rwlock import ReadWriteLock
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """``temperature`` 0 = greedy; ``top_p`` in (0, 1] keeps the smallest set of tokens whose
-    probability mass reaches it; ``stop`` strings end the text (and are not part of it)."""
-
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    stop: Sequence[str] = field(default_factory=tuple)
+__all__ = ["GenerationStep", "GenerationStream", "context_length", "generate_steps", "pick_token"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +69,7 @@ def generate_steps(
     model: nn.Module, tokenizer, prompt_ids: Tensor, params: SamplingParams
 ) -> Iterator[GenerationStep]:
     """Yield the continuation of ``prompt_ids`` ``[1, T]`` piece by piece; the last step has ``done``.
+    ``params`` are validated (``SamplingParams.validated``: a seed and a length are set).
 
     Stops at ``max_new_tokens``, the tokenizer's eos token, a stop string or the model's
     context length. Pieces concatenate to the full continuation (without the prompt).
@@ -121,3 +115,55 @@ def generate_steps(
         final = final[:cut] if cut >= 0 else final
     rest = final[len(emitted) :] if final.startswith(emitted) else ""
     yield GenerationStep(rest, len(generated), True)
+
+
+class GenerationStream:
+    """Iterator of ``(GenerationStep, version)`` over ``generate_steps`` that holds the read lock
+    ``lock`` from its first step to its last, so every piece comes from the same weights (the
+    version ``version_of()`` gave at the first step). ``on_close`` runs once at the end, on
+    error, on ``close()`` or when the stream is dropped (the service frees a generation slot)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        prompt_ids: Tensor,
+        params: SamplingParams,
+        lock: ReadWriteLock,
+        version_of: Callable[[], int],
+        on_close: Callable[[], None],
+    ) -> None:
+        self._start = lambda: generate_steps(model, tokenizer, prompt_ids, params)
+        self._lock, self._version_of, self._on_close = lock, version_of, on_close
+        self._steps: Iterator[GenerationStep] | None = None
+        self._closed = False
+        self.version = -1
+
+    def __iter__(self) -> GenerationStream:
+        return self
+
+    def __next__(self) -> tuple[GenerationStep, int]:
+        if self._closed:
+            raise StopIteration
+        if self._steps is None:
+            self._lock.acquire_read()
+            self.version = self._version_of()
+            self._steps = self._start()
+        try:
+            return next(self._steps), self.version
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._steps is not None:
+            self._steps.close()
+            self._lock.release_read()
+        self._on_close()
+
+    def __del__(self) -> None:  # a dropped stream must not hold the lock
+        with contextlib.suppress(Exception):
+            self.close()

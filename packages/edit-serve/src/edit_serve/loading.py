@@ -1,10 +1,7 @@
 """Load the served model, its tokenizer and the editor, placed on the replica's devices.
 
-With ``num_gpus == 0`` (or no CUDA) everything stays on the CPU. With one GPU the model moves
-to ``cuda:0``. With several, ``device_map="auto"`` splits it over exactly the replica's GPUs
-(Ray sets ``CUDA_VISIBLE_DEVICES``), with no CPU or disk offload: edits need backward through
-the edited layers, and offloaded weights would also break in-place updates. A model that does
-not fit is an error, not a silent offload.
+The model comes from ``editor_nets.load_model`` (the one loader: CPU, one GPU, or split over
+several GPUs with no CPU or disk offload; Ray sets ``CUDA_VISIBLE_DEVICES`` for the replica).
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["LoadedModel", "device_label", "load_model", "write_tiny_artifacts"]
+__all__ = ["LoadedModel", "device_label", "load_served", "write_tiny_artifacts"]
 
 
 @dataclass
@@ -35,44 +32,21 @@ def device_label(model: nn.Module) -> str:
     return f"cuda:{cuda[0]}" if len(cuda) == 1 else f"cuda:{cuda[0]}-{cuda[-1]}"
 
 
-def load_model(model_dir: str | Path, editor_dir: str | Path, *, num_gpus: int = 0) -> LoadedModel:
-    """Load a HF causal LM + tokenizer from ``model_dir`` and a ``MendEditor`` from ``editor_dir``.
+def load_served(model_dir: str | Path, editor_dir: str | Path, *, num_gpus: int = 0) -> LoadedModel:
+    """A causal LM + tokenizer from ``model_dir`` and a ``MendEditor`` from ``editor_dir``.
 
     Raises ``FileNotFoundError`` naming a missing directory, ``ValueError`` when the model is not
     a causal LM, does not fit on the GPUs, or the editor does not fit the model.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from editor_nets import MendEditor
+    from editor_nets import MendEditor, load_model, model_kind
 
     model_dir, editor_dir = Path(model_dir), Path(editor_dir)
     for what, d in (("model", model_dir), ("editor", editor_dir)):
         if not d.is_dir():
             raise FileNotFoundError(f"{what} directory {d} does not exist")
-    use_cuda = num_gpus > 0 and torch.cuda.is_available()
-    kwargs: dict = {}
-    if use_cuda and torch.cuda.device_count() > 1:
-        try:
-            import accelerate  # noqa: F401
-        except ImportError as err:
-            raise ImportError(
-                "splitting a model over several GPUs needs accelerate: pip install 'edit-serve[gpu]'"
-            ) from err
-        n = min(num_gpus, torch.cuda.device_count())
-        kwargs["device_map"] = "auto"
-        kwargs["max_memory"] = {i: torch.cuda.get_device_properties(i).total_memory for i in range(n)}
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise ValueError(f"{model_dir}: edit-serve serves causal LMs; this is an encoder-decoder model")
-    placement = getattr(model, "hf_device_map", None)
-    if placement and any(str(v) in ("cpu", "disk") for v in placement.values()):
-        raise ValueError(f"{model_dir} does not fit on {num_gpus} GPU(s) without offload: {placement}")
-    if use_cuda and "device_map" not in kwargs:
-        model = model.to("cuda:0")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model, tokenizer = load_model(model_dir, num_gpus=num_gpus)
+    if model_kind(model) != "causal":
+        raise ValueError(f"{model_dir}: edit-serve serves causal LMs; this is a {model_kind(model)} model")
     editor = MendEditor.from_pretrained(editor_dir, model=model)
     editor.to(model.get_input_embeddings().weight.device)
     return LoadedModel(model, tokenizer, editor, device_label(model))
@@ -96,7 +70,7 @@ def write_tiny_artifacts(
     import transformers
 
     from edit_data import build_world, train_tokenizer
-    from editor_nets import MendEditor
+    from editor_nets import MendConfig, MendEditor
 
     root = Path(root)
     world = build_world(n_entities=n_entities, seed=seed)
@@ -115,5 +89,5 @@ def write_tiny_artifacts(
     model = transformers.GPT2LMHeadModel(config).eval()
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
-    MendEditor.for_model(model, rank=rank, alpha_init=1e-1).save_pretrained(root / "editor")
+    MendEditor.for_model(model, MendConfig(rank=rank, alpha_init=1e-1)).save_pretrained(root / "editor")
     return [(r.prompt, r.target) for r in world.records]

@@ -14,56 +14,31 @@ factors unchanged; it does not recompute them on the model without the earlier e
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
-__all__ = ["WeightStore", "weights_digest"]
+from editor_nets import EditDelta, apply_delta, restore_weights
 
-
-def weights_digest(model: nn.Module) -> str:
-    """sha256 over every parameter's name, dtype, shape and raw bytes (bitwise identity)."""
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        t = p.detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+__all__ = ["WeightStore"]
 
 
 class WeightStore:
-    """Base weights (kept for touched parameters only) plus active edits applied in order.
+    """Base weights (kept for touched parameters only) plus active edits applied in order."""
 
-    ``apply_fn(model, delta) -> {param_name: value_before}`` and ``restore_fn(model, snapshot)``
-    default to ``editor_nets.apply_delta`` / ``editor_nets.restore_weights``.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        apply_fn: Callable | None = None,
-        restore_fn: Callable | None = None,
-    ) -> None:
-        if apply_fn is None or restore_fn is None:
-            from editor_nets import apply_delta, restore_weights
-
-            apply_fn = apply_fn or apply_delta
-            restore_fn = restore_fn or restore_weights
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self._apply_fn = apply_fn
-        self._restore_fn = restore_fn
         self.originals: dict[str, torch.Tensor] = {}
-        self.active: dict[str, object] = {}  # edit_id -> EditDelta, insertion order = apply order
+        self.active: dict[str, EditDelta] = {}  # edit_id -> EditDelta, insertion order = apply order
 
-    def _apply_one(self, delta: object) -> dict[str, torch.Tensor]:
-        snapshot = self._apply_fn(self.model, delta)
+    def _apply_one(self, delta: EditDelta) -> dict[str, torch.Tensor]:
+        snapshot = apply_delta(self.model, delta)
         for name, value in snapshot.items():
             self.originals.setdefault(name, value)  # copy on first write: the pre-edit value
         return snapshot
 
-    def apply(self, edit_id: str, delta: object, check: Callable[[], str | None] | None = None) -> None:
+    def apply(self, edit_id: str, delta: EditDelta, check: Callable[[], str | None] | None = None) -> None:
         """Apply ``delta`` in place and record it as active under ``edit_id``.
 
         ``check()`` runs after the update; if it returns a reason (e.g. non-finite weights) the
@@ -75,7 +50,7 @@ class WeightStore:
         snapshot = self._apply_one(delta)
         reason = check() if check is not None else None
         if reason is not None:
-            self._restore_fn(self.model, snapshot)
+            restore_weights(self.model, snapshot)
             for name in set(snapshot) - known:
                 del self.originals[name]
             raise ValueError(reason)
@@ -94,11 +69,11 @@ class WeightStore:
     def rebuild(self) -> None:
         """Put every touched parameter back to its original, then replay the active edits in order."""
         if self.originals:
-            self._restore_fn(self.model, self.originals)
+            restore_weights(self.model, self.originals)
         for delta in self.active.values():
             self._apply_one(delta)
 
-    def load_active(self, deltas: Iterable[tuple[str, object]]) -> None:
+    def load_active(self, deltas: Iterable[tuple[str, EditDelta]]) -> None:
         """Start-up replay: apply ``(edit_id, delta)`` pairs in order on the base weights."""
         for edit_id, delta in deltas:
             self._apply_one(delta)

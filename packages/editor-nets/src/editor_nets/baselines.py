@@ -1,28 +1,26 @@
-"""Baseline editors evaluated beside MEND: fine-tuning (FT) and fine-tuning with a KL locality term (FT+KL).
+"""Baseline editors evaluated beside MEND: fine-tuning (FT) and fine-tuning with a KL locality term
+(FT+KL), and the registry of every editor the commands can name.
 
 Public API::
 
     FTEditor(targets=None, lr=1e-3, max_steps=40, optimizer="adam", name="FT", until=None)
-        .edit(model, tokenizer, records) -> WeightSnapshot       # the contract's Editor protocol
+        .edit(model, tokenizer, records) -> WeightSnapshot       # the Editor protocol
         .last: FTResult | None                                    # steps, success, loss, time of the last edit
-    FTKLEditor(targets=None, lr=1e-3, max_steps=40, optimizer="adam", name="FT+KL",
-               locality=None, kl_weight=1.0, n_locality=8, seed=0)
-        .edit(model, tokenizer, records) -> WeightSnapshot
-    FTResult(steps: int, success: bool, loss: float, step_seconds: float)
+    FTKLEditor(..., locality=None, kl_weight=1.0, n_locality=8, seed=0)
     locality_examples_from(records) -> list[LocalityExample]     # out-of-scope pairs of training records
-    EDITORS: dict[str, Callable[..., Editor]]                    # "FT", "FT+KL", "MEND" -> factory
-    build_editor(name, **kwargs) -> Editor    # e.g. build_editor("MEND", path="runs/default/editor", model=m)
+    EDITORS: dict[str, Callable[[EditorSetup], Editor]]          # "MEND", "FT", "FT+KL" -> factory
+    build_editors(names, setup) -> dict[str, Editor]
 
 Both fine-tune only the weights of the edited layers (the same layers MEND edits,
-``editor_nets.families.default_targets(model)`` unless ``targets`` is given) on the edit
-examples, all records of one call together (a batched edit), for at most ``max_steps``
-optimiser steps, stopping as soon as every edit target is hit (teacher-forced argmax, the
-evaluation's definition). ``edit`` changes the model in place and returns the originals of the
-weights it changed; a non-finite loss or weight restores them and raises.
+``editor_nets.models.default_targets(model)`` unless ``targets`` is given) on the edit examples,
+all records of one call together (a batched edit), for at most ``max_steps`` optimiser steps,
+stopping as soon as every edit target is hit (the evaluation's definition). ``edit`` changes the
+model in place and returns the originals of the weights it changed; a non-finite loss or weight
+restores them and raises.
 
-Further editors (ENN, KnowledgeEditor, SERAC, ROME-style) are more entries of :data:`EDITORS`:
-a factory returning an object with ``name`` and ``edit(model, tokenizer, records) ->
-WeightSnapshot``; an editor that cannot stack edits sets ``supports_sequential = False``.
+Further editors are more entries of :data:`EDITORS`: a factory from an :class:`EditorSetup` to an
+object with ``name`` and ``edit(model, tokenizer, records) -> WeightSnapshot``; an editor that
+cannot stack edits sets ``supports_sequential = False``.
 """
 
 from __future__ import annotations
@@ -37,16 +35,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from editor_nets.delta import WeightSnapshot
-from editor_nets.evaluate import make_batch, model_logits, target_hits
-from editor_nets.families import model_kind
+from editor_nets.delta import Editor
+from editor_nets.models import default_targets, model_kind
+from editor_nets.scoring import edit_batch, kl_divergence, model_logits, score_batch
+from editor_nets.state import WeightSnapshot, eval_mode, frozen, restore_weights
+from graddecomp import resolve_targets
 
 __all__ = [
     "EDITORS",
+    "EditorSetup",
     "FTEditor",
     "FTKLEditor",
     "FTResult",
-    "build_editor",
+    "build_editors",
     "locality_examples_from",
 ]
 
@@ -64,13 +65,7 @@ class FTResult:
 
 def _edited_weights(model: nn.Module, targets: Sequence[str] | None) -> dict[str, nn.Parameter]:
     """``{parameter name: weight}`` of the edited layers (biases are not edited, as in MEND)."""
-    from graddecomp import resolve_targets
-
-    if targets is None:
-        from editor_nets.families import default_targets
-
-        targets = default_targets(model)
-    modules = resolve_targets(model, list(targets))
+    modules = resolve_targets(model, list(targets) if targets is not None else default_targets(model))
     if not modules:
         raise ValueError("no layers to fine-tune: the targets resolve to nothing")
     return {f"{name}.weight": module.weight for name, module in modules.items()}
@@ -103,15 +98,16 @@ class FTEditor:
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
-    def extra_loss(self, model: nn.Module, kind: str) -> Tensor | None:
-        """A term added to the edit loss at each step (FT+KL's locality KL); none for FT."""
+    def locality_term(
+        self, model: nn.Module, tokenizer: Any, records: Sequence[Any], kind: str
+    ) -> Callable[[], Tensor] | None:
+        """Called once per edit before any weight changes; returns a term added to the loss at each
+        step (FT+KL's locality KL), or ``None`` (FT)."""
         return None
 
-    def prepare(self, model: nn.Module, tokenizer: Any, records: Sequence[Any], kind: str) -> None:
-        """Called once per edit before any weight changes (FT+KL records its reference here)."""
-
-    def release(self) -> None:
-        """Called once per edit after the last step (FT+KL drops its reference here)."""
+    def _done(self) -> bool:
+        with torch.no_grad():
+            return bool(self.until())
 
     def edit(self, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> WeightSnapshot:
         """Fine-tune in place on ``records`` (one batched update); return the original weights."""
@@ -121,64 +117,46 @@ class FTEditor:
         kind = model_kind(model)
         weights = _edited_weights(model, self.targets)
         snapshot = {n: w.detach().clone() for n, w in weights.items()}
-        batch = make_batch(
+        batch = edit_batch(
             model, tokenizer, [r.prompt for r in records], [r.target for r in records], kind=kind
         )
-
-        flags = {n: p.requires_grad for n, p in model.named_parameters()}
-        was_training = model.training
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
         params = list(weights.values())
-        for p in params:
-            p.requires_grad_(True)
-        opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
-        opt = opt_cls(params, lr=self.lr)
-        steps, success, loss_value, seconds, done = 0, False, float("nan"), 0.0, False
-        try:
-            self.prepare(model, tokenizer, records, kind)
-            if self.until is not None:
-                with torch.no_grad():
-                    done = bool(self.until())
-            while True:
-                start = time.perf_counter()
-                logits = model_logits(model, batch, kind)
-                correct, n_tokens, nll = target_hits(kind, logits, batch["labels"])
-                success = bool(((correct == n_tokens) & (n_tokens > 0)).all())
-                loss = nll.sum() / n_tokens.sum().clamp(min=1)
-                if (success if self.until is None else done) or steps >= self.max_steps:
-                    loss_value = float(loss.detach())
-                    break
-                extra = self.extra_loss(model, kind)
-                if extra is not None:
-                    loss = loss + extra
-                if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(
-                        f"{self.name}: non-finite loss {loss.detach().item()} at step {steps}"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                steps += 1
-                seconds += time.perf_counter() - start
-                if self.until is not None:
-                    with torch.no_grad():
-                        done = bool(self.until())
-            if not all(torch.isfinite(p.detach()).all() for p in params):
-                raise FloatingPointError(f"{self.name}: non-finite weights after {steps} steps")
-        except BaseException:
-            with torch.no_grad():
-                for n, w in weights.items():
-                    w.copy_(snapshot[n])
-            raise
-        finally:
-            self.release()
+        opt = (torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD)(params, lr=self.lr)
+        steps, success, loss_value, seconds = 0, False, float("nan"), 0.0
+        with frozen(model), eval_mode(model):
             for p in params:
-                p.grad = None
-            for n, p in model.named_parameters():
-                p.requires_grad_(flags[n])
-            model.train(was_training)
+                p.requires_grad_(True)
+            try:
+                extra = self.locality_term(model, tokenizer, records, kind)
+                done = self.until is not None and self._done()
+                while True:
+                    start = time.perf_counter()
+                    scores = score_batch(model, batch, kind=kind)
+                    success = bool(scores.exact.all())
+                    loss = scores.nll.sum() / scores.n_tokens.sum().clamp(min=1)
+                    if (success if self.until is None else done) or steps >= self.max_steps:
+                        loss_value = float(loss.detach())
+                        break
+                    if extra is not None:
+                        loss = loss + extra()
+                    if not torch.isfinite(loss.detach()):
+                        raise FloatingPointError(
+                            f"{self.name}: non-finite loss {loss.detach().item()} at step {steps}"
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    steps += 1
+                    seconds += time.perf_counter() - start
+                    done = self.until is not None and self._done()
+                if not all(torch.isfinite(p.detach()).all() for p in params):
+                    raise FloatingPointError(f"{self.name}: non-finite weights after {steps} steps")
+            except BaseException:
+                restore_weights(model, snapshot)
+                raise
+            finally:
+                for p in params:
+                    p.grad = None
         self.last = FTResult(steps=steps, success=success, loss=loss_value, step_seconds=seconds)
         return snapshot
 
@@ -206,69 +184,78 @@ class FTKLEditor(FTEditor):
     kl_weight: float = 1.0
     n_locality: int = 8
     seed: int = 0
-    _ref: tuple[dict[str, Tensor], Tensor, Tensor] | None = field(default=None, init=False, repr=False)
-    _rng: random.Random = field(default_factory=random.Random, init=False, repr=False)
-    _warned: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.kl_weight < 0:
             raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
-        self._rng.seed(self.seed)
 
-    def prepare(self, model: nn.Module, tokenizer: Any, records: Sequence[Any], kind: str) -> None:
+    def locality_term(
+        self, model: nn.Module, tokenizer: Any, records: Sequence[Any], kind: str
+    ) -> Callable[[], Tensor] | None:
         pool = list(self.locality) if self.locality is not None else locality_examples_from(records)
-        if self.locality is None and not self._warned:
+        if self.locality is None:
             warnings.warn(
                 "FTKLEditor has no locality examples of its own and uses those of the edited records; "
                 "pass locality=locality_examples_from(train_records) for a fair drawdown",
                 stacklevel=3,
             )
-            self._warned = True
-        if not pool:
-            self._ref = None
-            return
-        chosen = self._rng.sample(pool, min(self.n_locality, len(pool)))
-        batch = make_batch(
+        if not pool or self.kl_weight == 0:
+            return None
+        # seeded by the edit itself, so an edit's result does not depend on the edits before it
+        rng = random.Random(f"{self.seed}:" + "\n".join(f"{r.prompt}\t{r.target}" for r in records))
+        chosen = rng.sample(pool, min(self.n_locality, len(pool)))
+        batch = edit_batch(
             model, tokenizer, [ex.prompt for ex in chosen], [ex.answer for ex in chosen], kind=kind
         )
         with torch.no_grad():
-            logits = model_logits(model, batch, kind)
+            reference = model_logits(model, batch, kind)
         if kind == "causal":
             mask = batch["attention_mask"].bool()
         elif kind == "seq2seq":
             mask = batch["labels"] != -100
         else:
-            mask = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
-        self._ref = (batch, torch.log_softmax(logits.float(), dim=-1), mask)
+            mask = torch.ones(reference.shape[0], dtype=torch.bool, device=reference.device)
 
-    def release(self) -> None:
-        self._ref = None
+        def kl() -> Tensor:
+            return self.kl_weight * kl_divergence(reference, model_logits(model, batch, kind))[mask].mean()
 
-    def extra_loss(self, model: nn.Module, kind: str) -> Tensor | None:
-        if self._ref is None or self.kl_weight == 0:
-            return None
-        batch, ref_logp, mask = self._ref
-        logp = torch.log_softmax(model_logits(model, batch, kind).float(), dim=-1)
-        kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)  # [B, T] or [B]
-        return self.kl_weight * kl[mask].mean()
+        return kl
 
 
-def _mend_from_pretrained(path: str, model: nn.Module | None = None) -> Any:
-    from editor_nets.mend import MendEditor
+@dataclass(frozen=True)
+class EditorSetup:
+    """What a registered editor is built from: the edited layers, the training edits (FT+KL's
+    locality pool), a trained ``MendEditor``, and the fine-tuning baselines' budget."""
 
-    return MendEditor.from_pretrained(path, model=model)
+    targets: Sequence[str] | None = None
+    train_records: Sequence[Any] = ()
+    mend: Any = None
+    ft_lr: float = 1e-3
+    ft_max_steps: int = 40
 
 
-EDITORS: dict[str, Callable[..., Any]] = {
-    "FT": FTEditor,
-    "FT+KL": FTKLEditor,
-    "MEND": _mend_from_pretrained,
+def _mend(setup: EditorSetup) -> Editor:
+    if setup.mend is None:
+        raise ValueError("MEND needs a trained editor (EditorSetup.mend)")
+    return setup.mend
+
+
+EDITORS: dict[str, Callable[[EditorSetup], Editor]] = {
+    "MEND": _mend,
+    "FT": lambda s: FTEditor(targets=s.targets, lr=s.ft_lr, max_steps=s.ft_max_steps),
+    "FT+KL": lambda s: FTKLEditor(
+        targets=s.targets,
+        lr=s.ft_lr,
+        max_steps=s.ft_max_steps,
+        locality=locality_examples_from(s.train_records),
+    ),
 }
 
 
-def build_editor(name: str, **kwargs: Any) -> Any:
-    """Build the editor registered as ``name`` in :data:`EDITORS` with ``kwargs``."""
-    if name not in EDITORS:
-        raise KeyError(f"unknown editor {name!r}; known editors: {sorted(EDITORS)}")
-    return EDITORS[name](**kwargs)
+def build_editors(names: Sequence[str], setup: EditorSetup) -> dict[str, Editor]:
+    """``{name: editor}`` for the registered ``names``, in that order; ``KeyError`` names unknown ones."""
+    unknown = [n for n in names if n not in EDITORS]
+    if unknown:
+        raise KeyError(f"unknown editor(s) {unknown}; known editors: {sorted(EDITORS)}")
+    return {name: EDITORS[name](setup) for name in names}

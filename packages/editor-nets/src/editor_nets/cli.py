@@ -3,7 +3,8 @@
 * ``edit-train`` with no arguments runs the main job on the built-in synthetic world and writes
   ``runs/default/``; ``edit-train --model PATH_OR_HUB_NAME --data DATASET_DIR --out DIR
   [--config FILE]`` meta-trains MEND for a given model on an ``edit_data`` dataset directory.
-* ``edit-eval --editor DIR --data DIR`` evaluates a trained editor (single, batched, sequential).
+* ``edit-eval --editor DIR --data DIR [--editors MEND,FT,FT+KL]`` evaluates a trained editor and
+  any registered editors beside it (single, batched, sequential).
 * ``edit-apply --editor DIR --prompt ... --target ... [--rephrase ...]`` makes one edit and prints
   the model's answers before and after.
 """
@@ -11,12 +12,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
 
-__all__ = ["apply_app", "eval_app", "load_model", "train_app"]
+from editor_nets.models import load_model
+
+__all__ = ["apply_app", "eval_app", "train_app"]
 
 train_app = typer.Typer(
     add_completion=False, help="Meta-train a MEND editor (no arguments: the built-in main job)."
@@ -28,31 +30,6 @@ apply_app = typer.Typer(add_completion=False, help="Make one edit and print the 
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
-
-
-def load_model(name_or_path: str):
-    """``(model, tokenizer)`` from a local directory or a hub name, with the right head for its
-    architecture (causal LM, seq2seq, or sequence classifier), in eval mode."""
-    import transformers
-
-    local = Path(name_or_path).exists()
-    if not local and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(
-            f"{name_or_path}: no such directory (and HF_HUB_OFFLINE=1 forbids hub downloads)"
-        )
-    config = transformers.AutoConfig.from_pretrained(name_or_path)
-    arch = (config.architectures or [""])[0]
-    if getattr(config, "is_encoder_decoder", False) or arch.endswith("ForConditionalGeneration"):
-        auto = transformers.AutoModelForSeq2SeqLM
-    elif arch.endswith("ForSequenceClassification"):
-        auto = transformers.AutoModelForSequenceClassification
-    else:
-        auto = transformers.AutoModelForCausalLM
-    model = auto.from_pretrained(name_or_path).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
 
 
 @train_app.command()
@@ -106,7 +83,7 @@ def _editor_and_model(editor: Path, model: str | None):
     if not (editor / "config.json").is_file():
         raise _fail(f"{editor}: not an editor checkpoint (no config.json)")
     cfg = json.loads((editor / "config.json").read_text())
-    name = model or cfg.get("base_model")
+    name = model or cfg.get("model", {}).get("base_model")
     if not name:
         raise _fail(f"{editor}/config.json records no base model; pass --model")
     try:
@@ -126,14 +103,15 @@ def evaluate(
     data: Path = typer.Option(..., help="edit_data dataset directory."),
     model: str = typer.Option(None, help="Model (default: the base model recorded in the editor)."),
     split: str = typer.Option("test", help="Which split to evaluate."),
+    editors: str = typer.Option("MEND", help="Comma-separated registered editors, e.g. MEND,FT,FT+KL."),
     modes: str = typer.Option("single,batched,sequential", help="Comma-separated evaluation modes."),
     n_sequential: int = typer.Option(10, help="Edits per sequential run."),
     batch_size: int = typer.Option(10, help="Edits per batched update."),
-    baselines: bool = typer.Option(False, "--baselines", help="Also evaluate FT and FT+KL."),
     out: Path = typer.Option(None, help="Write report.json/report.png here."),
 ) -> None:
-    """Evaluate a trained editor: ES, drawdown, latency in the chosen modes."""
+    """Evaluate a trained editor and the other named editors: ES, drawdown, latency in the chosen modes."""
     from edit_data import load_saved
+    from editor_nets.baselines import EditorSetup, build_editors
     from editor_nets.evaluate import evaluate_editors
     from editor_nets.report import results_table, write_report
 
@@ -144,27 +122,20 @@ def evaluate(
         raise _fail(f"{data}: {err}") from None
     if not splits.get(split):
         raise _fail(f"{data} has no records in split {split!r} (splits: {sorted(splits)})")
-    editors = {"MEND": mend}
-    if baselines:
-        from editor_nets.baselines import FTEditor, FTKLEditor, locality_examples_from
-
-        editors["FT"] = FTEditor(targets=mend.config.targets)
-        editors["FT+KL"] = FTKLEditor(
-            targets=mend.config.targets, locality=locality_examples_from(splits.get("train", []))
-        )
-    mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+    setup = EditorSetup(targets=mend.targets, train_records=splits.get("train", []), mend=mend)
     try:
+        chosen = build_editors([e.strip() for e in editors.split(",") if e.strip()], setup)
         results = evaluate_editors(
             net,
             tokenizer,
-            editors,
+            chosen,
             splits[split],
-            modes=mode_list,
+            modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
             n_sequential=n_sequential,
             batch_size=batch_size,
         )
-    except ValueError as err:
-        raise _fail(str(err)) from None
+    except (KeyError, ValueError) as err:
+        raise _fail(str(err).strip("'\"")) from None
     typer.echo(results_table(results))
     if out is not None:
         paths = write_report(results, out, title=f"{editor} on {data}:{split}")
@@ -185,7 +156,7 @@ def apply(
     """One edit from the command line: prints the answers before and after for the prompt and rephrasings."""
     from edit_data import EditRecord
     from editor_nets.delta import apply_delta
-    from editor_nets.families import generate_answer
+    from editor_nets.models import generate_answer
 
     mend, net, tokenizer = _editor_and_model(editor, model)
     if not prompt.strip() or not target.strip():

@@ -3,9 +3,10 @@
 For an edited linear layer with pseudo-factors ``u~`` ``[r, d_in]`` and ``delta~`` ``[r, d_out]``
 and step size ``alpha``, the edit is ``W' = W - alpha * sum_i delta~_i u~_i^T`` (a gradient
 descent step on the pseudo-gradient). ``apply_delta`` does this in place and returns a snapshot
-of the touched weights; ``restore_weights`` puts them back bitwise. ``lowrank_edit`` applies the
-same update inside the layers' forward (``y' = y - alpha * (x @ u~^T) @ delta~``) without ever
-building a ``d_out x d_in`` matrix, so gradients reach ``u~``, ``delta~`` and ``alpha``.
+of the touched weights (``editor_nets.state.restore_weights`` puts them back bitwise);
+``applied(model, *deltas)`` does the same for the length of a block. ``lowrank_edit`` applies
+the same update inside the layers' forward (``y' = y - alpha * (x @ u~^T) @ delta~``) without
+ever building a ``d_out x d_in`` matrix, so gradients reach ``u~``, ``delta~`` and ``alpha``.
 """
 
 from __future__ import annotations
@@ -23,33 +24,24 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from editor_nets.state import WeightSnapshot, restoring
 from graddecomp import Factors, layer_shape, weight_grad
 
 if TYPE_CHECKING:
     from edit_data import EditRecord
 
-__all__ = [
-    "EditDelta",
-    "Editor",
-    "LayerDelta",
-    "WeightSnapshot",
-    "apply_delta",
-    "lowrank_edit",
-    "restore_weights",
-]
-
-WeightSnapshot = dict[str, Tensor]
-"""Parameter name -> clone of its value before the edit(s)."""
+__all__ = ["EditDelta", "Editor", "LayerDelta", "applied", "apply_delta", "lowrank_edit"]
 
 
 @dataclass
 class LayerDelta:
     """One layer's edit: ``u`` ``[r, d_in]`` pseudo-inputs, ``delta`` ``[r, d_out]`` pseudo-deltas,
-    ``alpha`` the step size. The weight update is ``-alpha * delta^T @ u`` (``[d_out, d_in]``)."""
+    ``alpha`` the step size. The weight update is ``-alpha * delta^T @ u`` (``[d_out, d_in]``).
+    During meta-training the factors and ``alpha`` (a 0-d tensor then) carry gradients."""
 
     u: Tensor
     delta: Tensor
-    alpha: float
+    alpha: float | Tensor
 
 
 @dataclass
@@ -184,12 +176,9 @@ def apply_delta(model: nn.Module, delta: EditDelta, *, max_norm: float | None = 
         )
     updates = {}
     for name, module in modules.items():
-        layer = delta.layers[name]
-        w = module.weight
-        f32 = LayerDelta(
-            layer.u.to(w.device, _compute_dtype(w)), layer.delta.to(w.device, _compute_dtype(w)), layer.alpha
-        )
-        updates[name] = EditDelta({name: f32}).dense(name, module)
+        layer, w = delta.layers[name], module.weight
+        factors = Factors(*(t.detach().to(w.device, _compute_dtype(w)) for t in (layer.u, layer.delta)))
+        updates[name] = weight_grad(module, factors).mul_(-float(layer.alpha))
     snapshot: WeightSnapshot = {}
     with torch.no_grad():
         for name, module in modules.items():
@@ -199,19 +188,14 @@ def apply_delta(model: nn.Module, delta: EditDelta, *, max_norm: float | None = 
     return snapshot
 
 
-def restore_weights(model: nn.Module, snapshot: WeightSnapshot) -> None:
-    """Copy the snapshot back into the model: the weights are bitwise those before the edit."""
-    params = dict(model.named_parameters())
-    missing = [k for k in snapshot if k not in params]
-    if missing:
-        raise KeyError(f"snapshot names parameters the model does not have: {missing[:5]}")
-    with torch.no_grad():
-        for key, value in snapshot.items():
-            params[key].copy_(value)
-
-
-LowRankUpdate = tuple[Tensor, Tensor, "Tensor | float"]
-"""``(u~ [r, d_in], delta~ [r, d_out], alpha)`` for one layer; tensors may carry gradients."""
+@contextmanager
+def applied(model: nn.Module, *deltas: EditDelta) -> Iterator[nn.Module]:
+    """``model`` with ``deltas`` applied in place, in order, for the length of the block; on exit
+    (also on exceptions) the touched weights are bitwise what they were before."""
+    with restoring(model) as keep:
+        for delta in deltas:
+            keep(apply_delta(model, delta))
+        yield model
 
 
 def _lowrank_hook(u: Tensor, d: Tensor, alpha: Tensor | float):
@@ -224,27 +208,30 @@ def _lowrank_hook(u: Tensor, d: Tensor, alpha: Tensor | float):
 
 
 @contextmanager
-def lowrank_edit(model: nn.Module, updates: Mapping[str, LowRankUpdate] | EditDelta) -> Iterator[nn.Module]:
-    """Run ``model`` as if each named layer's weight were ``W - alpha * delta~^T u~``.
+def lowrank_edit(model: nn.Module, delta: EditDelta) -> Iterator[nn.Module]:
+    """Run ``model`` as if each edited layer's weight were ``W - alpha * delta~^T u~``.
 
     The update is added to the layer output in its forward, ``y - alpha * (x @ u~^T) @ delta~``,
     so memory is ``O(r * (d_in + d_out))`` per layer and gradients flow to the factors and
-    ``alpha``. Works for ``nn.Linear`` and GPT-2's ``Conv1D`` (both produce ``[..., d_out]``).
-    The hooks are removed on exit, also on exceptions.
+    ``alpha``. Works for ``nn.Linear`` and GPT-2's ``Conv1D`` (both produce ``[..., d_out]``);
+    the factors move to each layer's device. The hooks are removed on exit, also on exceptions.
     """
-    if isinstance(updates, EditDelta):
-        updates = {n: (layer.u, layer.delta, layer.alpha) for n, layer in updates.layers.items()}
     handles = []
     try:
-        for name, (u, d, alpha) in updates.items():
+        for name, layer in delta.layers.items():
             module = model.get_submodule(name)
             d_out, d_in = layer_shape(module)
+            u, d, alpha = layer.u, layer.delta, layer.alpha
             if u.shape[-1] != d_in or d.shape[-1] != d_out:
                 raise ValueError(
                     f"layer {name!r}: u {tuple(u.shape)} / delta {tuple(d.shape)} do not fit (d_out, d_in) = "
                     f"({d_out}, {d_in})"
                 )
-            handles.append(module.register_forward_hook(_lowrank_hook(u, d, alpha), with_kwargs=True))
+            device = module.weight.device
+            if isinstance(alpha, Tensor):
+                alpha = alpha.to(device)
+            hook = _lowrank_hook(u.to(device), d.to(device), alpha)
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
         yield model
     finally:
         for h in handles:

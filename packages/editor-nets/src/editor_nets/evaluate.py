@@ -8,15 +8,11 @@ Public API (for the pipeline and the CLI)::
                      on_edit_error="count") -> dict
         # {"methods": {name: {single-mode metrics..., "batched": {...}, "sequential": {...}}},
         #  "settings": {...}, "pre_edit": {...}}
-    evaluate_editor(model, tokenizer, editor, records, *, mode="single", batch_size=10,
-                    n_sequential=10, progress=True, pre=None, score_batch_size=32,
-                    verify_restore=True, name=None, on_edit_error="count") -> dict
+    evaluate_editor(model, tokenizer, editor, records, *, mode="single", ...) -> dict
     pre_edit_scores(model, tokenizer, records, *, score_batch_size=32, progress=False) -> list[RecordScores]
-    score_targets(model, tokenizer, prompts, targets, *, kind=None, batch_size=32) -> TargetScores
-    make_batch(model, tokenizer, prompts, targets, *, kind=None) -> dict[str, Tensor]
-    target_hits(kind, logits, labels) -> tuple[Tensor, Tensor, Tensor]   # correct [B], n_tokens [B], nll [B]
-    label_ids(model, labels: Sequence[str]) -> list[int]
     editor_size(editor) -> dict[str, int]      # {"editor_params", "editor_bytes"}
+
+Scores come from ``editor_nets.scoring`` (``score_targets``, ``TargetScores``).
 
 Definitions (the MEND paper's, teacher-forced):
 
@@ -50,134 +46,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
-from editor_nets.delta import Editor, WeightSnapshot, restore_weights
-from editor_nets.families import edit_batch, label_id, model_kind
+from editor_nets.delta import Editor
+from editor_nets.models import model_kind
+from editor_nets.report import percentile
+from editor_nets.scoring import TargetScores, score_targets
+from editor_nets.state import WeightSnapshot, eval_mode, restoring, weights_digest
 
-__all__ = [
-    "MODES",
-    "RecordScores",
-    "TargetScores",
-    "editor_size",
-    "evaluate_editor",
-    "evaluate_editors",
-    "label_ids",
-    "make_batch",
-    "pre_edit_scores",
-    "score_targets",
-    "target_hits",
-]
+__all__ = ["MODES", "RecordScores", "editor_size", "evaluate_editor", "evaluate_editors", "pre_edit_scores"]
 
 MODES = ("single", "batched", "sequential")
-
-# --------------------------------------------------------------------------------------------
-# Model kinds, batches and teacher-forced target scores
-
-
-def label_ids(model: nn.Module, labels: Sequence[str]) -> list[int]:
-    """Class ids of classifier targets (``editor_nets.families.label_id`` of each)."""
-    return [label_id(model, str(t)) for t in labels]
-
-
-def make_batch(
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    targets: Sequence[str],
-    *,
-    kind: str | None = None,
-) -> dict[str, Tensor]:
-    """Tokenise ``(prompt, target)`` pairs for the model's family with the edit_data collators
-    (``editor_nets.families.edit_batch``), on the model's device. Causal and seq2seq:
-    ``input_ids``, ``attention_mask`` and ``labels`` ``[B, T]`` (``-100`` off the target
-    tokens); classifier: ``labels`` ``[B]`` class ids."""
-    if len(prompts) != len(targets):
-        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-    return edit_batch(model, tokenizer, list(prompts), list(targets), kind=kind)
-
-
-def model_logits(model: nn.Module, batch: Mapping[str, Tensor], kind: str) -> Tensor:
-    """Logits of a batch made by :func:`make_batch`: ``[B, T, V]`` for causal (position ``t``
-    predicts token ``t + 1``) and seq2seq (aligned with ``labels``), ``[B, C]`` for classifiers."""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if kind == "seq2seq":
-        inputs["labels"] = batch["labels"]  # the model shifts them into decoder inputs
-    return model(**inputs).logits
-
-
-def target_hits(kind: str, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Teacher-forced scores of each row: ``(correct [B] long, n_tokens [B] long, nll [B] float)``.
-
-    ``correct`` counts target tokens whose argmax is right, ``nll`` sums their negative
-    log-likelihood. Causal logits ``[B, T, V]`` are shifted against ``labels [B, T]``; seq2seq
-    logits are aligned with labels; classifier logits ``[B, C]`` against ``labels [B]``.
-    """
-    if kind == "classifier":
-        logits = logits.float()
-        correct = (logits.argmax(-1) == labels).long()
-        nll = F.cross_entropy(logits, labels, reduction="none")
-        return correct, torch.ones_like(correct), nll
-    if kind == "causal":
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    mask = labels != -100
-    safe = labels.masked_fill(~mask, 0)
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    correct = ((logits.argmax(-1) == safe) & mask).sum(-1)
-    return correct, mask.sum(-1), (nll * mask).sum(-1)
-
-
-@dataclass
-class TargetScores:
-    """Teacher-forced scores of N (prompt, target) pairs; every tensor is ``[N]`` on the CPU."""
-
-    correct: Tensor  # long: target tokens predicted by argmax
-    n_tokens: Tensor  # long: target tokens
-    nll: Tensor  # float: summed negative log-likelihood of the target tokens
-
-    @property
-    def exact(self) -> Tensor:
-        """``[N]`` bool: every target token predicted (the target is hit)."""
-        return (self.correct == self.n_tokens) & (self.n_tokens > 0)
-
-    @property
-    def token_acc(self) -> Tensor:
-        """``[N]`` float: fraction of target tokens predicted."""
-        return self.correct.double() / self.n_tokens.clamp(min=1).double()
-
-    def __len__(self) -> int:
-        return len(self.correct)
-
-    def select(self, start: int, stop: int) -> TargetScores:
-        return TargetScores(self.correct[start:stop], self.n_tokens[start:stop], self.nll[start:stop])
-
-
-@torch.no_grad()
-def score_targets(
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    targets: Sequence[str],
-    *,
-    kind: str | None = None,
-    batch_size: int = 32,
-) -> TargetScores:
-    """Teacher-forced exact match, token accuracy and NLL of each target given its prompt."""
-    kind = kind or model_kind(model)
-    parts = []
-    for i in range(0, len(prompts), batch_size):
-        batch = make_batch(
-            model, tokenizer, prompts[i : i + batch_size], targets[i : i + batch_size], kind=kind
-        )
-        logits = model_logits(model, batch, kind)
-        parts.append([t.cpu() for t in target_hits(kind, logits, batch["labels"])])
-    if not parts:
-        empty = torch.zeros(0, dtype=torch.long)
-        return TargetScores(empty, empty.clone(), torch.zeros(0))
-    return TargetScores(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,7 +183,8 @@ class _Tally:
         if self.latencies_ms:
             lat = sorted(self.latencies_ms)
             out["edit_latency_ms_median"] = statistics.median(lat)
-            out["edit_latency_ms_p90"] = _percentile(lat, 0.9)
+            out["edit_latency_ms_p90"] = percentile(lat, 90)
+        out["n_timed_edits"] = len(self.latencies_ms)
         return out
 
 
@@ -315,40 +196,21 @@ def _diff(before: Sequence[float], after: Sequence[float]) -> float | None:
     return float((sum(before) - sum(after)) / len(after)) if after else None
 
 
-def _percentile(sorted_xs: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile of an ascending list (numpy's default method)."""
-    pos = q * (len(sorted_xs) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return float(sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo))
-
-
 # --------------------------------------------------------------------------------------------
 # Editing under evaluation
 
 
-def _merge_snapshots(first: dict[str, Tensor], later: Mapping[str, Tensor]) -> None:
-    """Keep the earliest original of every parameter touched by a sequence of edits."""
-    for name, value in later.items():
-        first.setdefault(name, value)
-
-
-@torch.no_grad()
-def _fingerprint(model: nn.Module) -> dict[str, tuple[float, float]]:
-    """Cheap per-parameter checksum (sum and sum of squares in float64)."""
-    return {
-        n: (p.double().sum().item(), p.double().square().sum().item()) for n, p in model.named_parameters()
-    }
-
-
-def _check_unchanged(model: nn.Module, reference: dict[str, tuple[float, float]], who: str) -> None:
-    now = _fingerprint(model)
-    changed = [n for n in reference if now[n] != reference[n]]
+def _check_unchanged(model: nn.Module, reference: dict[str, str], who: str) -> None:
+    changed = [n for n, digest in _digests(model).items() if digest != reference[n]]
     if changed:
         raise RuntimeError(
             f"editor {who!r} left {len(changed)} parameter(s) changed after restoring its snapshot "
             f"(first: {changed[:3]}); an editor must return the originals of every weight it touches"
         )
+
+
+def _digests(model: nn.Module) -> dict[str, str]:
+    return {name: weights_digest(model, [name]) for name, _ in model.named_parameters()}
 
 
 # Errors with which an editor rejects an edit (non-finite values, norm bound, bad input); by
@@ -429,8 +291,6 @@ def evaluate_editor(
         raise ValueError("evaluate_editor needs at least one record")
     name = name or getattr(editor, "name", type(editor).__name__)
     kind = model_kind(model)
-    was_training = model.training
-    model.eval()
     pre = (
         list(pre)
         if pre is not None
@@ -438,45 +298,34 @@ def evaluate_editor(
     )
     if len(pre) != len(records):
         raise ValueError(f"{len(pre)} pre-edit scores for {len(records)} records")
-    reference = _fingerprint(model) if verify_restore else None
+    reference = _digests(model) if verify_restore else None
 
     if mode == "single":
-        runs, per_edit = _groups(len(records), 1), True
+        runs = _groups(len(records), 1)
     elif mode == "batched":
-        runs, per_edit = _groups(len(records), batch_size), False
+        runs = _groups(len(records), batch_size)
     else:
         k = min(n_sequential, len(records))
-        runs, per_edit = [range(i, i + k) for i in range(0, len(records) - k + 1, k)], True
+        runs = [range(i, i + k) for i in range(0, len(records) - k + 1, k)]
+    # one batched update per run in "batched" mode, one edit after another otherwise
+    edits = [
+        [[records[i] for i in run]] if mode == "batched" else [[records[i]] for i in run] for run in runs
+    ]
 
     tally = _Tally()
-    total = sum(len(r) for r in runs) if per_edit else len(runs)
-    bar = tqdm(total=total, desc=f"{name} {mode}", disable=not progress, unit="edit" if per_edit else "batch")
-    try:
-        for run in runs:
-            group = [records[i] for i in run]
-            if mode == "batched":
-                snapshot = _timed_edit(editor, model, tokenizer, group, tally, on_edit_error)
-                bar.update(1)
-            else:  # one edit at a time; single mode has runs of length 1
-                snapshot = {}
-                try:
-                    for rec in group:
-                        snap = _timed_edit(editor, model, tokenizer, [rec], tally, on_edit_error)
-                        _merge_snapshots(snapshot, snap)
-                        bar.update(1)
-                except BaseException:
-                    restore_weights(model, snapshot)
-                    raise
-            try:
-                after = score_records(model, tokenizer, group, kind=kind, batch_size=score_batch_size)
-            finally:
-                restore_weights(model, snapshot)
+    with eval_mode(model), tqdm(total=sum(map(len, edits)), desc=f"{name} {mode}", disable=not progress,
+                                unit="batch" if mode == "batched" else "edit") as bar:  # fmt: skip
+        for run, group_edits in zip(runs, edits, strict=True):
+            with restoring(model) as keep:
+                for group in group_edits:
+                    keep(_timed_edit(editor, model, tokenizer, group, tally, on_edit_error))
+                    bar.update(1)
+                after = score_records(
+                    model, tokenizer, [records[i] for i in run], kind=kind, batch_size=score_batch_size
+                )
             for i, scores in zip(run, after, strict=True):
                 tally.add(pre[i], scores)
             bar.set_postfix(es=f"{_mean(tally.es_edit):.2f}", refresh=False)
-    finally:
-        bar.close()
-        model.train(was_training)
     if reference is not None:
         _check_unchanged(model, reference, name)
 

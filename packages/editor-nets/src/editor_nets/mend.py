@@ -6,28 +6,32 @@ layers of that shape, maps each row ``(u_i, delta_i)`` to ``(u~_i, delta~_i)``; 
 ``W_l - alpha_l * sum_i delta~_i u~_i^T`` (subtracted: a descent step).
 
 Each network normalises its input per dimension with running statistics (frozen at edit time),
-then applies residual low-rank layers ``h = z + relu(s_l * (U V z + b) + o_l)`` with per-layer
-("mode") scale ``s_l`` and shift ``o_l``, then maps back to the input scale. ``U`` starts at
+then applies residual low-rank layers ``h = z + relu(s_l * (U V z + b) + o_l)`` with a scale
+``s_l`` and shift ``o_l`` per shared layer, then maps back to the input scale. ``U`` starts at
 zero, so a fresh editor is the identity and its edit equals a plain fine-tuning step of size
 ``alpha``.
+
+A checkpoint directory holds ``config.json`` (the ``MendConfig`` and the ``ModelSpec`` of the
+model it was trained for) and ``editor.safetensors``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from editor_nets.delta import EditDelta, LayerDelta, WeightSnapshot, apply_delta
-from editor_nets.families import default_targets, edit_batch, model_kind, target_nll
+from editor_nets.delta import EditDelta, LayerDelta, apply_delta
+from editor_nets.models import default_targets, model_kind
+from editor_nets.scoring import edit_batch, target_nll
+from editor_nets.state import WeightSnapshot, eval_mode, weights_digest
 from graddecomp import Factors, capture, layer_shape, resolve_targets
 
 if TYPE_CHECKING:
@@ -37,11 +41,11 @@ __all__ = [
     "INPUT_MODES",
     "MendConfig",
     "MendEditor",
+    "ModelSpec",
     "ResidualLowRank",
     "RunningNorm",
     "ShapeEditor",
     "edit_factors",
-    "edited_weights_hash",
 ]
 
 INPUT_MODES = ("concat", "u", "delta", "smaller", "separate")
@@ -51,26 +55,20 @@ WEIGHTS_NAME = "editor.safetensors"
 
 @dataclass
 class MendConfig:
-    """Everything needed to rebuild a ``MendEditor`` and check it fits a model.
+    """The editor networks' settings (the paper's defaults).
 
-    ``shapes`` maps each edited layer name to ``[d_out, d_in]``; ``input_mode`` is one of
-    ``"concat"`` (default: net on ``[u, delta]``), ``"u"``, ``"delta"``, ``"smaller"`` (net on
-    the smaller side only) or ``"separate"`` (one net for ``u``, one for ``delta``)."""
+    ``rank`` of the residual layers (capped at each network's width), ``n_layers`` residual
+    layers, ``input_mode`` one of ``"concat"`` (net on ``[u, delta]``), ``"u"``, ``"delta"``,
+    ``"smaller"`` (net on the smaller side only) or ``"separate"`` (one net for ``u``, one for
+    ``delta``), the step sizes' start ``alpha_init``, and the edited layers ``targets``
+    (names or globs; ``None``: ``editor_nets.models.default_targets``)."""
 
-    targets: list[str]
-    shapes: dict[str, list[int]]
     rank: int = 1920
     n_layers: int = 2
     input_mode: str = "concat"
     alpha_init: float = 1e-4
     norm_eps: float = 1e-8
-    kind: str = "causal"
-    model_type: str = ""
-    architecture: str = ""
-    base_model: str = ""
-    weights_hash: str = ""
-    eval_results: dict = field(default_factory=dict)
-    training: dict = field(default_factory=dict)
+    targets: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.input_mode not in INPUT_MODES:
@@ -79,9 +77,42 @@ class MendConfig:
             raise ValueError(
                 f"rank must be >= 1 and n_layers >= 0, got rank={self.rank}, n_layers={self.n_layers}"
             )
+
+
+@dataclass
+class ModelSpec:
+    """The model an editor is for: its edited layers (resolved names) with their ``[d_out, d_in]``,
+    its kind, type, class and name, and a digest of the edited weights it was trained on."""
+
+    targets: list[str]
+    shapes: dict[str, list[int]]
+    kind: str = "causal"
+    model_type: str = ""
+    architecture: str = ""
+    base_model: str = ""
+    weights_hash: str = ""
+
+    def __post_init__(self) -> None:
         missing = [t for t in self.targets if t not in self.shapes]
         if missing:
-            raise ValueError(f"config.shapes lacks the edited layers {missing}")
+            raise ValueError(f"shapes lacks the edited layers {missing}")
+
+    @classmethod
+    def of(cls, model: nn.Module, targets: Sequence[str] | None = None, base_model: str = "") -> ModelSpec:
+        names = list(resolve_targets(model, list(targets) if targets is not None else default_targets(model)))
+        return cls(
+            targets=names,
+            shapes={n: list(layer_shape(model.get_submodule(n))) for n in names},
+            kind=model_kind(model),
+            model_type=getattr(model.config, "model_type", ""),
+            architecture=type(model).__name__,
+            base_model=base_model or getattr(model.config, "_name_or_path", "") or "",
+            weights_hash=_edited_digest(model, names),
+        )
+
+
+def _edited_digest(model: nn.Module, targets: Sequence[str]) -> str:
+    return weights_digest(model, [f"{t}.weight" for t in targets])
 
 
 class RunningNorm(nn.Module):
@@ -119,96 +150,90 @@ class RunningNorm(nn.Module):
 
 
 class ResidualLowRank(nn.Module):
-    """``h = z + relu(s[mode] * (U V z + b) + o[mode])`` with ``U`` ``[w, r]`` zero-initialised
-    and ``V`` ``[r, w]`` Xavier-initialised; ``s``/``o`` ``[n_modes, w]`` start at 1/0."""
+    """``h = z + relu(s[l] * (U V z + b) + o[l])`` for shared layer ``l``, with ``U`` ``[w, r]``
+    zero-initialised and ``V`` ``[r, w]`` Xavier-initialised; ``s``/``o`` ``[n_shared, w]`` start at 1/0."""
 
-    def __init__(self, width: int, rank: int, n_modes: int) -> None:
+    def __init__(self, width: int, rank: int, n_shared: int) -> None:
         super().__init__()
         rank = min(rank, width)
         self.U = nn.Parameter(torch.zeros(width, rank))
         self.V = nn.Parameter(torch.empty(rank, width))
         nn.init.xavier_uniform_(self.V)
         self.b = nn.Parameter(torch.zeros(width))
-        self.scale = nn.Parameter(torch.ones(n_modes, width))
-        self.shift = nn.Parameter(torch.zeros(n_modes, width))
+        self.scale = nn.Parameter(torch.ones(n_shared, width))
+        self.shift = nn.Parameter(torch.zeros(n_shared, width))
 
-    def forward(self, z: Tensor, mode: int) -> Tensor:
+    def forward(self, z: Tensor, layer: int) -> Tensor:
         """``z`` ``[n, w]`` -> ``[n, w]``."""
         pre = (z @ self.V.T) @ self.U.T + self.b
         # ReLU with the subgradient 1 at 0: at initialisation the argument is exactly 0 everywhere
         # (U = 0, b = 0, shift = 0) and torch.relu's gradient 0 there would leave the network dead.
-        return z + (self.scale[mode] * pre + self.shift[mode]).clamp_min(0)
+        return z + (self.scale[layer] * pre + self.shift[layer]).clamp_min(0)
 
 
 class EditorNet(nn.Module):
     """Normalise ``[n, w]`` rows, apply the residual layers, map back to the input scale.
 
-    ``out = h * std + keep_mean[mode] * mean`` with ``keep_mean`` learned per layer and initialised
+    ``out = h * std + keep_mean[l] * mean`` with ``keep_mean`` learned per layer and initialised
     to 1, so a fresh network is exactly the identity (the edit equals plain fine-tuning). The
     residual layers only add non-negative values, so without this gate the network could not
     remove the mean of its inputs, which is shared by every token and makes edits non-local;
     driving ``keep_mean`` to 0 recovers the original MEND's output in normalised coordinates."""
 
-    def __init__(self, width: int, rank: int, n_layers: int, n_modes: int, eps: float) -> None:
+    def __init__(self, width: int, rank: int, n_layers: int, n_shared: int, eps: float) -> None:
         super().__init__()
         self.norm = RunningNorm(width, eps)
-        self.layers = nn.ModuleList(ResidualLowRank(width, rank, n_modes) for _ in range(n_layers))
-        self.keep_mean = nn.Parameter(torch.ones(n_modes, width))
+        self.layers = nn.ModuleList(ResidualLowRank(width, rank, n_shared) for _ in range(n_layers))
+        self.keep_mean = nn.Parameter(torch.ones(n_shared, width))
 
-    def forward(self, x: Tensor, mode: int) -> Tensor:
+    def forward(self, x: Tensor, layer: int) -> Tensor:
         """``x`` ``[n, w]`` -> ``[n, w]``; in training mode the running statistics absorb ``x`` first."""
         if self.training:
             self.norm.update(x)
         mean, std = self.norm.stats(x.dtype)
         h = (x - mean) / std
-        for layer in self.layers:
-            h = layer(h, mode)
-        return h * std + self.keep_mean[mode] * mean
+        for block in self.layers:
+            h = block(h, layer)
+        return h * std + self.keep_mean[layer] * mean
 
 
 class ShapeEditor(nn.Module):
-    """The editor network(s) for one weight shape ``(d_out, d_in)``, shared by ``n_modes`` layers."""
+    """The editor network(s) for one weight shape ``(d_out, d_in)``, shared by ``n_shared`` layers.
 
-    def __init__(self, d_out: int, d_in: int, n_modes: int, config: MendConfig) -> None:
+    ``side`` is what the networks see: ``concat``, ``u``, ``delta`` or ``separate`` (the config's
+    ``input_mode``, with ``smaller`` resolved to the smaller of ``u`` and ``delta``)."""
+
+    def __init__(self, d_out: int, d_in: int, n_shared: int, config: MendConfig) -> None:
         super().__init__()
-        self.d_out, self.d_in, self.mode = d_out, d_in, config.input_mode
-        mode = config.input_mode
-        if mode == "smaller":
-            mode = "u" if d_in <= d_out else "delta"
-        self.side = mode
+        self.d_out, self.d_in = d_out, d_in
+        side = config.input_mode
+        if side == "smaller":
+            side = "u" if d_in <= d_out else "delta"
+        self.side = side
 
         def net(width: int) -> EditorNet:
-            return EditorNet(width, config.rank, config.n_layers, n_modes, config.norm_eps)
+            return EditorNet(width, config.rank, config.n_layers, n_shared, config.norm_eps)
 
-        if mode == "concat":
+        if side == "concat":
             self.net = net(d_in + d_out)
-        elif mode == "u":
+        elif side == "u":
             self.net = net(d_in)
-        elif mode == "delta":
+        elif side == "delta":
             self.net = net(d_out)
         else:  # separate
             self.net_u, self.net_delta = net(d_in), net(d_out)
 
-    def forward(self, u: Tensor, delta: Tensor, mode: int) -> tuple[Tensor, Tensor]:
-        """``u`` ``[n, d_in]``, ``delta`` ``[n, d_out]`` -> ``(u~ [n, d_in], delta~ [n, d_out])``."""
+    def forward(self, u: Tensor, delta: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+        """``u`` ``[n, d_in]``, ``delta`` ``[n, d_out]`` of shared layer ``layer`` ->
+        ``(u~ [n, d_in], delta~ [n, d_out])``."""
         if self.side == "concat":
-            out = self.net(torch.cat([u, delta], dim=-1), mode)
+            out = self.net(torch.cat([u, delta], dim=-1), layer)
             return out[:, : self.d_in], out[:, self.d_in :]
         if self.side == "u":
-            return self.net(u, mode), delta
+            return self.net(u, layer), delta
         if self.side == "delta":
-            return u, self.net(delta, mode)
-        return self.net_u(u, mode), self.net_delta(delta, mode)
-
-
-def edited_weights_hash(model: nn.Module, targets: Sequence[str]) -> str:
-    """sha256 over the names, shapes and float32 bytes of the edited weights."""
-    h = hashlib.sha256()
-    for name in targets:
-        w = model.get_submodule(name).weight.detach().to("cpu", torch.float32).contiguous()
-        h.update(f"{name}:{tuple(w.shape)};".encode())
-        h.update(w.numpy().tobytes())
-    return h.hexdigest()
+            return u, self.net(delta, layer)
+        return self.net_u(u, layer), self.net_delta(delta, layer)
 
 
 def edit_factors(
@@ -233,63 +258,57 @@ def _shape_key(shape: Sequence[int]) -> str:
 class MendEditor(nn.Module):
     """MEND: one ``ShapeEditor`` per weight shape plus a learned step size per edited layer.
 
-    ``alpha`` ``[n_layers]`` holds the step sizes (in the targets' order); the training loop puts
+    ``alpha`` ``[n_targets]`` holds the step sizes (in the targets' order); the training loop puts
     it in its own optimizer parameter group."""
 
     name = "MEND"
 
-    def __init__(self, config: MendConfig) -> None:
+    def __init__(self, config: MendConfig, spec: ModelSpec) -> None:
         super().__init__()
-        self.config = config
+        self.config, self.spec = config, spec
         groups: dict[str, list[str]] = {}
-        for t in config.targets:
-            groups.setdefault(_shape_key(config.shapes[t]), []).append(t)
-        self.mode_of = {t: names.index(t) for names in groups.values() for t in names}
-        self.shape_of = {t: _shape_key(config.shapes[t]) for t in config.targets}
+        for t in spec.targets:
+            groups.setdefault(_shape_key(spec.shapes[t]), []).append(t)
+        self.shared_index = {t: names.index(t) for names in groups.values() for t in names}
+        self.shape_of = {t: _shape_key(spec.shapes[t]) for t in spec.targets}
         self.editors = nn.ModuleDict(
             {
                 key: ShapeEditor(int(key.split("x")[0]), int(key.split("x")[1]), len(names), config)
                 for key, names in groups.items()
             }
         )
-        self.alpha = nn.Parameter(torch.full((len(config.targets),), float(config.alpha_init)))
+        self.alpha = nn.Parameter(torch.full((len(spec.targets),), float(config.alpha_init)))
+
+    @property
+    def targets(self) -> list[str]:
+        """The edited layers, in the model's order."""
+        return self.spec.targets
 
     @classmethod
     def for_model(
-        cls, model: nn.Module, targets: Sequence[str] | None = None, *, base_model: str = "", **settings
+        cls, model: nn.Module, config: MendConfig | None = None, *, base_model: str = ""
     ) -> MendEditor:
-        """A fresh (identity) editor for ``model``'s ``targets`` (default: ``default_targets``).
-        ``settings`` are further ``MendConfig`` fields (``rank``, ``input_mode``, ``alpha_init``...)."""
-        names = list(resolve_targets(model, list(targets) if targets is not None else default_targets(model)))
-        shapes = {n: list(layer_shape(model.get_submodule(n))) for n in names}
-        config = MendConfig(
-            targets=names,
-            shapes=shapes,
-            kind=model_kind(model),
-            model_type=getattr(model.config, "model_type", ""),
-            architecture=type(model).__name__,
-            base_model=base_model or getattr(model.config, "_name_or_path", "") or "",
-            weights_hash=edited_weights_hash(model, names),
-            **settings,
-        )
-        return cls(config)
+        """A fresh (identity) editor for ``model`` with ``config`` (default ``MendConfig()``)."""
+        config = config or MendConfig()
+        return cls(config, ModelSpec.of(model, config.targets, base_model))
 
-    def transform(self, factors: dict[str, Factors]) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
-        """Map captured factors to ``{layer: (u~ [n, d_in], delta~ [n, d_out], alpha [])}``,
-        differentiable in the editor's parameters. In training mode the normalisers update."""
-        out = {}
-        for i, name in enumerate(self.config.targets):
-            u, delta = factors[name]
-            u_t, d_t = self.editors[self.shape_of[name]](u.float(), delta.float(), self.mode_of[name])
-            out[name] = (u_t, d_t, self.alpha[i])
-        return out
+    def transform(self, factors: dict[str, Factors]) -> EditDelta:
+        """Map captured factors (``u [n, d_in]``, ``delta [n, d_out]`` per layer) to the edit's
+        pseudo-factors, differentiable in the editor's parameters (``alpha`` stays a tensor).
+        In training mode the normalisers update."""
+        layers = {}
+        for i, name in enumerate(self.targets):
+            u, delta = (t.to(self.alpha.device, torch.float32) for t in factors[name])
+            u_t, d_t = self.editors[self.shape_of[name]](u, delta, self.shared_index[name])
+            layers[name] = LayerDelta(u_t, d_t, self.alpha[i])
+        return EditDelta(layers)
 
     def check_fits(self, model: nn.Module) -> None:
         """Raise ``ValueError`` listing the edited layers that ``model`` lacks or whose shape differs;
         warn when the edited weights differ from those the editor was trained on."""
         problems = []
-        for name in self.config.targets:
-            want = tuple(self.config.shapes[name])
+        for name in self.targets:
+            want = tuple(self.spec.shapes[name])
             try:
                 have = layer_shape(model.get_submodule(name))
             except AttributeError:
@@ -302,61 +321,48 @@ class MendEditor(nn.Module):
                 problems.append(f"{name}: editor trained for (d_out, d_in)={want}, model has {tuple(have)}")
         if problems:
             raise ValueError(
-                f"editor (base model {self.config.base_model!r}, {self.config.architecture}) does not fit "
+                f"editor (base model {self.spec.base_model!r}, {self.spec.architecture}) does not fit "
                 f"{type(model).__name__}: " + "; ".join(problems)
             )
-        if (
-            self.config.weights_hash
-            and edited_weights_hash(model, self.config.targets) != self.config.weights_hash
-        ):
+        if self.spec.weights_hash and _edited_digest(model, self.targets) != self.spec.weights_hash:
             warnings.warn(
                 f"the model's edited weights differ from those the editor was trained on "
-                f"(base model {self.config.base_model!r}); edits may be less reliable",
+                f"(base model {self.spec.base_model!r}); edits may be less reliable",
                 stacklevel=2,
             )
 
-    @torch.no_grad()
-    def _delta_from_factors(self, factors: dict[str, Factors], provenance: dict[str, str]) -> EditDelta:
-        was_training = self.training
-        self.eval()
-        try:
-            mapped = self.transform(factors)
-        finally:
-            self.train(was_training)
-        layers = {n: LayerDelta(u.detach(), d.detach(), float(a)) for n, (u, d, a) in mapped.items()}
-        return EditDelta(layers, provenance)
-
-    def compute_delta(self, model: nn.Module, tokenizer, records: Sequence[EditRecord]) -> EditDelta:
+    def compute_delta(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> EditDelta:
         """One edit (batched when ``len(records) > 1``) for ``records``; the model is unchanged."""
         if not records:
             raise ValueError("compute_delta needs at least one record")
-        kind = self.config.kind
+        kind = self.spec.kind
         batch = edit_batch(
             model, tokenizer, [r.prompt for r in records], [r.target for r in records], kind=kind
         )
-        factors = edit_factors(model, batch, self.config.targets, kind=kind)
-        provenance = {
-            "editor": self.name,
-            "base_model": self.config.base_model,
-            "records": json.dumps(
-                [{"prompt": r.prompt, "target": r.target, "source": r.source} for r in records]
-            ),
-        }
-        return self._delta_from_factors(factors, provenance)
+        factors = edit_factors(model, batch, self.targets, kind=kind)
+        with torch.no_grad(), eval_mode(self):
+            mapped = self.transform(factors)
+        layers = {n: LayerDelta(x.u, x.delta, float(x.alpha.detach())) for n, x in mapped.layers.items()}
+        records_json = json.dumps(
+            [{"prompt": r.prompt, "target": r.target, "source": r.source} for r in records]
+        )
+        provenance = {"editor": self.name, "base_model": self.spec.base_model, "records": records_json}
+        return EditDelta(layers, provenance)
 
-    def edit(self, model: nn.Module, tokenizer, records: Sequence[EditRecord]) -> WeightSnapshot:
+    def edit(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> WeightSnapshot:
         """``compute_delta`` then ``apply_delta`` in place; returns the touched weights' originals."""
         return apply_delta(model, self.compute_delta(model, tokenizer, records))
 
     def n_parameters(self) -> int:
-        """Trainable parameter count (networks, mode embeddings, step sizes)."""
+        """Trainable parameter count (networks, per-layer scales and shifts, step sizes)."""
         return sum(p.numel() for p in self.parameters())
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write ``config.json`` and ``editor.safetensors`` (weights, normaliser stats, step sizes)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2, default=str) + "\n")
+        config = {"editor": asdict(self.config), "model": asdict(self.spec)}
+        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(path / WEIGHTS_NAME))
 
@@ -375,13 +381,15 @@ class MendEditor(nn.Module):
             raw = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{cfg_file}: invalid JSON at line {err.lineno}: {err.msg}") from err
-        known = set(MendConfig.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{cfg_file}: unknown field(s) {unknown}")
-        editor = cls(MendConfig(**raw))
-        state = load_file(str(weights))
-        missing, unexpected = editor.load_state_dict(state, strict=False)
+        parts = {"editor": MendConfig, "model": ModelSpec}
+        if not isinstance(raw, dict) or set(raw) != set(parts):
+            raise ValueError(f"{cfg_file}: expected an object with exactly the keys {sorted(parts)}")
+        for key, kind in parts.items():
+            unknown = sorted(set(raw[key]) - set(kind.__dataclass_fields__))
+            if unknown:
+                raise ValueError(f"{cfg_file}: unknown field(s) {unknown} in {key!r}")
+        editor = cls(MendConfig(**raw["editor"]), ModelSpec(**raw["model"]))
+        missing, unexpected = editor.load_state_dict(load_file(str(weights)), strict=False)
         if missing or unexpected:
             raise ValueError(f"{weights}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
         editor.eval()

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from editor_nets.families import answer_logits, edit_batch
+from editor_nets.scoring import score_targets
+from editor_nets.state import eval_mode
 
 __all__ = ["PretrainConfig", "pretrain_causal_lm", "qa_accuracy"]
 
@@ -41,23 +43,14 @@ class PretrainConfig:
     seed: int = 0
 
 
-@torch.no_grad()
 def qa_accuracy(
     model: nn.Module, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 256
 ) -> float:
-    """Share of prompts whose answer the model produces exactly (greedy, teacher-forced argmax on
-    every answer token, which equals greedy decoding of the answer)."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(prompts), batch_size):
-        p, a = list(prompts[start : start + batch_size]), list(answers[start : start + batch_size])
-        batch = edit_batch(model, tokenizer, p, a, kind="causal")
-        logits, labels, rows = answer_logits(model, batch, kind="causal")
-        wrong = torch.zeros(len(p), dtype=torch.long).index_add(0, rows, (logits.argmax(-1) != labels).long())
-        correct += int((wrong == 0).sum())
-    model.train(was_training)
-    return correct / max(1, len(prompts))
+    """Share of prompts whose answer the model produces exactly (teacher-forced argmax on every
+    answer token, which equals greedy decoding of the answer)."""
+    with eval_mode(model):
+        hits = score_targets(model, tokenizer, prompts, answers, kind="causal", batch_size=batch_size).exact
+    return float(hits.float().mean()) if len(hits) else 0.0
 
 
 def pretrain_causal_lm(
@@ -101,11 +94,13 @@ def pretrain_causal_lm(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98)
     )
 
-    def lr_at(step: int) -> float:
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay to 10%
         if step < config.warmup:
-            return config.lr * (step + 1) / config.warmup
+            return (step + 1) / config.warmup
         frac = (step - config.warmup) / max(1, config.max_steps - config.warmup)
-        return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+    sched = LambdaLR(opt, lr_factor)
 
     order: list[int] = []
     t0 = time.perf_counter()
@@ -125,19 +120,17 @@ def pretrain_causal_lm(
             ids[b, : len(enc[i])] = torch.tensor(enc[i])
             mask[b, : len(enc[i])] = 1
         labels = ids.masked_fill(mask == 0, -100)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sched.step()
         loss_val = float(loss.detach())
         loss_ema = loss_val if math.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * loss_val
         bar.set_postfix(loss=f"{loss_ema:.3f}", qa_acc=f"{acc:.3f}")
         if eval_prompts and ((step + 1) % config.eval_every == 0 or step + 1 == config.max_steps):
             acc = qa_accuracy(model, tokenizer, eval_prompts, eval_answers)
-            model.train()
             bar.set_postfix(loss=f"{loss_ema:.3f}", qa_acc=f"{acc:.3f}")
             if log is not None:
                 log({"phase": "pretrain", "step": step + 1, "loss": loss_ema, "qa_accuracy": acc})

@@ -6,7 +6,10 @@ Public API::
                  title: str | None = None) -> dict[str, Path]   # {"json": ..., "png": ...}
     plot_report(results: dict, path, curves=None, *, title=None) -> Path
     load_metrics(path) -> list[dict]          # a metrics.jsonl file as a list of rows
+    MetricsLog(path, resume=False)            # the one writer of a run's metrics.jsonl
     results_table(results: dict) -> str       # a plain-text table of the methods' main figures
+    percentile(values, q) -> float            # q in 1..99, linear interpolation
+    machine_info() -> dict                    # what a result was measured on
 
 ``results`` is the dict of :func:`editor_nets.evaluate.evaluate_editors` (``{"methods": {name:
 {...}}}``; other top-level keys are kept as they are). ``curves`` are training-metric rows such
@@ -20,11 +23,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_metrics", "plot_report", "results_table", "write_report"]
+__all__ = [
+    "MetricsLog",
+    "load_metrics",
+    "machine_info",
+    "percentile",
+    "plot_report",
+    "results_table",
+    "write_report",
+]
 
 BAR_METRICS = ("es_edit", "es_rephrase", "dd_locality", "dd_hard_locality")
 SEQUENTIAL_METRICS = ("es", "es_rephrase", "dd_locality")
@@ -128,11 +141,9 @@ def plot_report(
     *,
     title: str | None = None,
 ) -> Path:
-    """Draw the report figure to ``path`` (PNG, matplotlib Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    """Draw the report figure to ``path`` (PNG; a standalone matplotlib ``Figure``, so the
+    process's pyplot backend is left alone)."""
+    from matplotlib.figure import Figure
 
     methods = results["methods"]
     sequential = {m: v["sequential"] for m, v in methods.items() if isinstance(v.get("sequential"), Mapping)}
@@ -141,7 +152,8 @@ def plot_report(
     others = {k: v for k, v in series.items() if not _is_loss(k)}
     panels = ["bars"] + (["sequential"] if sequential else []) + (["losses"] if losses else [])
     panels += ["others"] if others else []
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         if panel == "bars":
             _bars(ax, methods, BAR_METRICS, "single edits: ES (higher better) / DD (lower better)")
@@ -163,7 +175,6 @@ def plot_report(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -182,6 +193,45 @@ def load_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
     return rows
+
+
+class MetricsLog:
+    """The one writer of a run's ``metrics.jsonl``: a fresh file unless ``resume`` (then appended).
+    Call it with a row (a JSON-ready dict) to append one line."""
+
+    def __init__(self, path: str | os.PathLike, *, resume: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            self.path.write_text("")
+
+    def __call__(self, row: Mapping[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(_jsonable(row)) + "\n")
+
+
+def percentile(values: Sequence[float], q: int) -> float:
+    """The ``q``-th percentile (an integer in 1..99) with linear interpolation (numpy's default)."""
+    if len(values) == 1:
+        return float(values[0])
+    return float(statistics.quantiles(values, n=100, method="inclusive")[q - 1])
+
+
+def machine_info() -> dict[str, Any]:
+    """What a measurement ran on: processor, platform, CPU count, torch and its threads, GPU if any."""
+    import torch
+
+    info = {
+        "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
 
 
 def results_table(results: Mapping[str, Any]) -> str:

@@ -126,7 +126,7 @@ class GetEditRequest(_message.Message):
     def __init__(self, edit_id: _Optional[str] = ...) -> None: ...
 
 class EditInfo(_message.Message):
-    __slots__ = ("edit_id", "prompt", "target", "status", "provenance", "created_at", "rolled_back_at", "applied_at_version", "idempotency_key")
+    __slots__ = ("edit_id", "prompt", "target", "status", "provenance", "created_at", "rolled_back_at", "applied_at_version", "idempotency_key", "rephrases")
     class ProvenanceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,7 @@ class EditInfo(_message.Message):
     ROLLED_BACK_AT_FIELD_NUMBER: _ClassVar[int]
     APPLIED_AT_VERSION_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    REPHRASES_FIELD_NUMBER: _ClassVar[int]
     edit_id: str
     prompt: str
     target: str
@@ -152,7 +153,8 @@ class EditInfo(_message.Message):
     rolled_back_at: str
     applied_at_version: int
     idempotency_key: str
-    def __init__(self, edit_id: _Optional[str] = ..., prompt: _Optional[str] = ..., target: _Optional[str] = ..., status: _Optional[_Union[EditStatus, str]] = ..., provenance: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[str] = ..., rolled_back_at: _Optional[str] = ..., applied_at_version: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    rephrases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, edit_id: _Optional[str] = ..., prompt: _Optional[str] = ..., target: _Optional[str] = ..., status: _Optional[_Union[EditStatus, str]] = ..., provenance: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[str] = ..., rolled_back_at: _Optional[str] = ..., applied_at_version: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., rephrases: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ("weights_digest",)

@@ -91,7 +91,9 @@ class ModelEditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GenerateStream(self, request, context):
-        """Same as Generate, one message per generated token; the last one has done=true.
+        """Same as Generate, streamed: each message carries the text that became certain since the last
+        one (a token or more; text that may still turn out to start a stop string is held back), the
+        last one has done=true. Concatenated, the texts equal Generate's text.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,55 @@
+"""What the service answers: one dataclass per reply. Their fields are named as in the proto's
+messages, so the gRPC front builds each reply from ``dataclasses.asdict`` of one of these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["EditInfo", "EditResult", "GenerateResult", "HealthInfo", "RollbackResult"]
+
+
+@dataclass(frozen=True)
+class EditResult:
+    edit_id: str
+    version: int
+    latency_ms: float
+    target_logprob_before: float
+    target_logprob_after: float
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    text: str
+    num_tokens: int
+    version: int
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    version: int
+    rolled_back: list[str]
+
+
+@dataclass(frozen=True)
+class EditInfo:
+    edit_id: str
+    prompt: str
+    target: str
+    status: str  # "active" | "rolled_back"
+    provenance: dict[str, str]
+    created_at: str
+    rolled_back_at: str
+    applied_at_version: int
+    idempotency_key: str
+    rephrases: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HealthInfo:
+    status: str
+    version: int
+    active_edits: int
+    model: str
+    device: str
+    weights_sha256: str = ""
