@@ -13,6 +13,7 @@ from edit_data import (
     collate_causal,
     collate_classifier,
     collate_seq2seq,
+    encode_prompt,
     train_tokenizer,
 )
 
@@ -126,6 +127,8 @@ def test_causal_with_subword_tokenizer_that_adds_specials():
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
     expected = [IGNORE_INDEX] * (len(ids) - 1 - len(target_ids)) + target_ids + [IGNORE_INDEX]
     assert batch["labels"][0].tolist() == expected
+    # the prompt as generation encodes it: [CLS] prompt, exactly what the edit puts before the target
+    assert encode_prompt(tok, "Where is Paris?") == ids[: len(ids) - 1 - len(target_ids)]
 
 
 def test_seq2seq_labels(tok):

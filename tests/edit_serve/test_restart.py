@@ -88,20 +88,14 @@ def _wait_journal_free(journal: Path, timeout: float = 60.0) -> None:
             time.sleep(0.2)
 
 
+def _serve_args(artifacts, journal) -> list[str]:
+    return ["--model", str(artifacts.model_dir), "--editor", str(artifacts.editor_dir), "--journal", str(journal),
+            "--port", "0"]  # fmt: skip
+
+
 def test_kill_9_after_an_acknowledged_edit_then_restart(tiny_artifacts, tmp_path, replay_digest) -> None:
     journal = tmp_path / "journal"
-    args = [
-        "--model",
-        str(tiny_artifacts.model_dir),
-        "--editor",
-        str(tiny_artifacts.editor_dir),
-        "--journal",
-        str(journal),
-        "--port",
-        "0",
-        "--token",
-        TOKEN,
-    ]
+    args = [*_serve_args(tiny_artifacts, journal), "--token", TOKEN]
     (pa, ta), (pb, tb), (pc, tc) = tiny_artifacts.prompts[:3]
     server = ServerProcess(args)
     try:
@@ -144,19 +138,7 @@ def test_corrupt_journal_refuses_to_start(tiny_artifacts, tmp_path) -> None:
     rec = journal / "00000002.json"
     rec.write_text(rec.read_text()[:-20])  # torn write
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edit_serve",
-            "--model",
-            str(tiny_artifacts.model_dir),
-            "--editor",
-            str(tiny_artifacts.editor_dir),
-            "--journal",
-            str(journal),
-            "--port",
-            "0",
-        ],
+        [sys.executable, "-m", "edit_serve", *_serve_args(tiny_artifacts, journal)],
         capture_output=True,
         text=True,
         env=_env(),

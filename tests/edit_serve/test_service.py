@@ -215,16 +215,16 @@ def test_generation_seed_stop_and_stream_agree(make_service, tiny_artifacts) -> 
     assert "".join(step.text for step, _ in steps) == a.text
     assert steps[-1][0].done and not any(step.done for step, _ in steps[:-1])
     words = a.text.split()
-    if len(words) >= 3:  # stop at the third word: text ends before it, in both paths
-        stop = " " + words[2]
-        cut = s.generate(
-            prompt, SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, stop=(stop,))
-        )
-        assert cut.text == a.text[: a.text.find(stop)]
-        streamed = s.generate_stream(
-            prompt, SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, stop=(stop,))
-        )
-        assert "".join(step.text for step, _ in streamed) == cut.text
+    assert len(words) >= 3  # stop at the third word: text ends before it, in both paths
+    stop = " " + words[2]
+    cut = s.generate(
+        prompt, SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, stop=(stop,))
+    )
+    assert cut.text == a.text[: a.text.find(stop)]
+    streamed = s.generate_stream(
+        prompt, SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, stop=(stop,))
+    )
+    assert "".join(step.text for step, _ in streamed) == cut.text
 
 
 def test_concurrency_limit_and_stream_release(make_service, tiny_artifacts) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from world_models import param_state
 
 from tiny_models import build_tiny, tiny_batch
 
@@ -29,14 +30,10 @@ def _random_delta(model, names, rank=3, seed=0, alpha=0.5) -> EditDelta:
     return EditDelta(layers, {"editor": "test", "prompt": "Where was Zora born?"})
 
 
-def _weights(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_apply_then_restore_is_bitwise(name):
     model = build_tiny(name)
-    before = _weights(model)
+    before = param_state(model)
     delta = _random_delta(model, LAYERS[name])
     snapshot = apply_delta(model, delta)
     assert sorted(snapshot) == sorted(f"{n}.weight" for n in LAYERS[name])
@@ -99,7 +96,7 @@ def test_from_tensors_names_missing_part():
 
 def test_bad_edits_change_nothing():
     model = build_tiny("gpt2")
-    before = _weights(model)
+    before = param_state(model)
     bad = _random_delta(model, LAYERS["gpt2"])
     bad.layers[LAYERS["gpt2"][1]].u[0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
@@ -164,7 +161,7 @@ def test_lowrank_hooks_removed_on_error():
 
 def test_applied_stacks_edits_and_restores_bitwise_also_on_error():
     model = build_tiny("gpt2")
-    before = _weights(model)
+    before = param_state(model)
     first, second = _random_delta(model, LAYERS["gpt2"]), _random_delta(model, LAYERS["gpt2"][:1], seed=1)
     expected = build_tiny("gpt2")
     apply_delta(expected, first)

@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+from world_models import param_state
 
 from tiny_models import TINY_MODELS, build_tiny
 
@@ -138,7 +139,7 @@ def test_editor_across_tiny_model_table(name, tok):
     if spec.kind == "seq2seq":
         assert any(".encoder." in t or t.startswith("encoder.") for t in targets)
         assert any(".decoder." in t or t.startswith("decoder.") for t in targets)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = param_state(model)
     editor = MendEditor.for_model(model, MendConfig(rank=16, alpha_init=0.1))
     assert editor.spec.kind == spec.kind
     record = _record(spec.kind)

@@ -12,6 +12,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from world_models import param_state  # noqa: E402
+
 from edit_data import build_world, split_records, train_tokenizer  # noqa: E402
 from editor_nets import MendConfig, MendEditor, MetaTrainConfig, meta_loss, meta_train, validate_editor  # noqa: E402
 from editor_nets.report import MetricsLog  # noqa: E402
@@ -47,7 +49,7 @@ def test_meta_training_reduces_edit_loss(setup, tmp_path):
     editor = MendEditor.for_model(model, MendConfig(rank=32, alpha_init=1e-3))  # a weak edit to start from
     held = splits["train"][:8]
     before = _mean_edit_nll(editor, model, tok, held, config)
-    weights_before = {k: v.clone() for k, v in model.state_dict().items()}
+    weights_before = param_state(model)
     log = MetricsLog(tmp_path / "metrics.jsonl")
     summary = meta_train(editor, model, tok, splits["train"], splits["validation"], config, tmp_path, log=log)
     after = _mean_edit_nll(editor, model, tok, held, config)
@@ -101,7 +103,7 @@ def test_training_on_top_of_prior_edits_leaves_model_unchanged(setup, tmp_path):
     """Sequential-editing practice: each step first edits the model in place with earlier
     training records, then restores it bitwise."""
     model, tok, splits = setup
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = param_state(model)
     config = MetaTrainConfig(
         steps=3, grad_accum=2, max_prior_edits=3, val_every=3, val_edits=3, val_sequential=3
     )
