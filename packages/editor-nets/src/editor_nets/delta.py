@@ -37,11 +37,16 @@ __all__ = ["EditDelta", "Editor", "LayerDelta", "applied", "apply_delta", "lowra
 class LayerDelta:
     """One layer's edit: ``u`` ``[r, d_in]`` pseudo-inputs, ``delta`` ``[r, d_out]`` pseudo-deltas,
     ``alpha`` the step size. The weight update is ``-alpha * delta^T @ u`` (``[d_out, d_in]``).
-    During meta-training the factors and ``alpha`` (a 0-d tensor then) carry gradients."""
+    During meta-training the factors and ``alpha`` (a 0-d tensor then) carry gradients.
+
+    ``keys`` ``[n, d_in]`` (optional) are the layer inputs a least-squares edit was solved for
+    (``editor_nets.ridge``): later edits protect them, and a rollback recomputes the protection
+    of the edits that remain from them."""
 
     u: Tensor
     delta: Tensor
     alpha: float | Tensor
+    keys: Tensor | None = None
 
 
 @dataclass
@@ -77,13 +82,32 @@ class EditDelta:
         )
 
     def to_tensors(self) -> dict[str, Tensor]:
-        """Flat ``{"<layer>.u", "<layer>.delta", "<layer>.alpha"}`` tensors (contiguous, CPU)."""
+        """Flat ``{"<layer>.u", "<layer>.delta", "<layer>.alpha"[, "<layer>.keys"]}`` tensors
+        (contiguous, CPU)."""
         out: dict[str, Tensor] = {}
         for name, layer in self.layers.items():
             out[f"{name}.u"] = layer.u.detach().cpu().contiguous()
             out[f"{name}.delta"] = layer.delta.detach().cpu().contiguous()
             out[f"{name}.alpha"] = torch.tensor(float(layer.alpha), dtype=torch.float64)
+            if layer.keys is not None:
+                out[f"{name}.keys"] = layer.keys.detach().cpu().contiguous()
         return out
+
+    @classmethod
+    def combine(cls, deltas: Sequence[EditDelta], provenance: Mapping[str, str] | None = None) -> EditDelta:
+        """One edit equal to applying ``deltas`` together: per layer the factors are stacked (each
+        step size folded into its ``delta``, so ``alpha`` is 1) and the keys concatenated."""
+        layers: dict[str, LayerDelta] = {}
+        for name in dict.fromkeys(n for d in deltas for n in d.layers):
+            parts = [d.layers[name] for d in deltas if name in d.layers]
+            keys = [p.keys for p in parts if p.keys is not None]
+            layers[name] = LayerDelta(
+                torch.cat([p.u for p in parts]),
+                torch.cat([p.delta * p.alpha for p in parts]),
+                1.0,
+                torch.cat(keys) if keys else None,
+            )
+        return cls(layers, dict(provenance or {}))
 
     @classmethod
     def from_tensors(
@@ -93,8 +117,8 @@ class EditDelta:
         names: list[str] = []
         for key in tensors:
             base, _, part = key.rpartition(".")
-            if part not in ("u", "delta", "alpha") or not base:
-                raise ValueError(f"unexpected tensor key {key!r}: expected '<layer>.u|delta|alpha'")
+            if part not in ("u", "delta", "alpha", "keys") or not base:
+                raise ValueError(f"unexpected tensor key {key!r}: expected '<layer>.u|delta|alpha|keys'")
             if base not in names:
                 names.append(base)
         layers: dict[str, LayerDelta] = {}
@@ -103,7 +127,10 @@ class EditDelta:
             if missing:
                 raise ValueError(f"layer {name!r} lacks {missing}")
             layers[name] = LayerDelta(
-                tensors[f"{name}.u"], tensors[f"{name}.delta"], float(tensors[f"{name}.alpha"])
+                tensors[f"{name}.u"],
+                tensors[f"{name}.delta"],
+                float(tensors[f"{name}.alpha"]),
+                tensors.get(f"{name}.keys"),
             )
         return cls(layers, dict(provenance or {}))
 

@@ -55,7 +55,15 @@ from editor_nets.report import percentile
 from editor_nets.scoring import TargetScores, score_targets
 from editor_nets.state import WeightSnapshot, eval_mode, restoring, weights_digest
 
-__all__ = ["MODES", "RecordScores", "editor_size", "evaluate_editor", "evaluate_editors", "pre_edit_scores"]
+__all__ = [
+    "MODES",
+    "RecordScores",
+    "editor_size",
+    "evaluate_editor",
+    "evaluate_editors",
+    "lifelong_curves",
+    "pre_edit_scores",
+]
 
 MODES = ("single", "batched", "sequential")
 
@@ -241,6 +249,72 @@ def _timed_edit(
     return snapshot
 
 
+def _start(editor: Editor) -> None:
+    """A new sequence of edits on the base weights: stateful editors forget earlier edits."""
+    if hasattr(editor, "start"):
+        editor.start()
+
+
+LIFELONG_METRICS = ("es_edit", "es_rephrase", "dd_locality", "n_locality", "n_failed_edits")
+
+
+def lifelong_curves(
+    model: nn.Module,
+    tokenizer: Any,
+    editor: Editor,
+    records: Sequence[Any],
+    *,
+    checkpoints: Sequence[int] = (1, 10, 30, 100),
+    batch_sizes: Sequence[int] = (10, 100),
+    pre: Sequence[RecordScores] | None = None,
+    score_batch_size: int = 32,
+    progress: bool = True,
+    name: str | None = None,
+    on_edit_error: str = "count",
+) -> dict[str, list[dict[str, Any]]]:
+    """Many edits on one model. ``sequential``: ``records`` edited one after another without
+    restoring; after ``k`` edits (each of ``checkpoints`` up to ``len(records)``) ES on all ``k``
+    edits so far (edit prompts and rephrasings) and DD over all their locality prompts.
+    ``batched``: the first ``b`` records in one call. The model is restored afterwards."""
+    name = name or getattr(editor, "name", type(editor).__name__)
+    kind = model_kind(model)
+    pre = (
+        list(pre)
+        if pre is not None
+        else pre_edit_scores(model, tokenizer, records, score_batch_size=score_batch_size)
+    )
+    checkpoints = sorted({k for k in checkpoints if 0 < k <= len(records)})
+    out: dict[str, list[dict[str, Any]]] = {"sequential": [], "batched": []}
+
+    def scored(k: int, tally: _Tally) -> dict[str, Any]:
+        after = score_records(model, tokenizer, records[:k], kind=kind, batch_size=score_batch_size)
+        for i, scores in enumerate(after):
+            tally.add(pre[i], scores)
+        summary = tally.summary()
+        return {key: summary[key] for key in LIFELONG_METRICS}
+
+    with eval_mode(model):
+        if checkpoints:
+            tally = _Tally()
+            _start(editor)
+            with restoring(model) as keep, tqdm(total=checkpoints[-1], desc=f"{name} lifelong", disable=not progress, unit="edit") as bar:  # fmt: skip
+                for i, record in enumerate(records[: checkpoints[-1]]):
+                    keep(_timed_edit(editor, model, tokenizer, [record], tally, on_edit_error))
+                    bar.update(1)
+                    if i + 1 in checkpoints:
+                        point = scored(i + 1, _Tally(failures=list(tally.failures)))
+                        out["sequential"].append({"n_edits": i + 1, **point})
+                        bar.set_postfix(es=f"{point['es_edit']:.2f}", dd=f"{point['dd_locality']:.3f}")
+        for b in sorted({b for b in batch_sizes if 0 < b <= len(records)}):
+            tally = _Tally()
+            _start(editor)
+            with restoring(model) as keep:
+                keep(_timed_edit(editor, model, tokenizer, list(records[:b]), tally, on_edit_error))
+                out["batched"].append({"batch_size": b, **scored(b, tally)})
+    _start(editor)
+    return out
+
+
 def editor_size(editor: Any) -> dict[str, int]:
     """Trainable size of an editor: parameter count and bytes of parameters and buffers
     (about its checkpoint size). Editors that are not modules (FT) have size 0."""
@@ -316,6 +390,7 @@ def evaluate_editor(
     with eval_mode(model), tqdm(total=sum(map(len, edits)), desc=f"{name} {mode}", disable=not progress,
                                 unit="batch" if mode == "batched" else "edit") as bar:  # fmt: skip
         for run, group_edits in zip(runs, edits, strict=True):
+            _start(editor)
             with restoring(model) as keep:
                 for group in group_edits:
                     keep(_timed_edit(editor, model, tokenizer, group, tally, on_edit_error))
@@ -326,6 +401,7 @@ def evaluate_editor(
             for i, scores in zip(run, after, strict=True):
                 tally.add(pre[i], scores)
             bar.set_postfix(es=f"{_mean(tally.es_edit):.2f}", refresh=False)
+    _start(editor)
     if reference is not None:
         _check_unchanged(model, reference, name)
 
@@ -356,6 +432,8 @@ def evaluate_editors(
     verify_restore: bool = True,
     on_result: Callable[[str, str, dict], None] | None = None,
     on_edit_error: str = "count",
+    lifelong_checkpoints: Sequence[int] = (),
+    lifelong_batches: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Evaluate several editors on the same records and return the ``report.json`` shape::
 
@@ -367,7 +445,10 @@ def evaluate_editors(
 
     The single-mode metrics sit at the top of each method (when ``"single"`` is among
     ``modes``; otherwise the first mode's). Editors with ``supports_sequential = False`` skip
-    the sequential mode. ``on_result(method, mode, summary)`` is called after each run.
+    the sequential mode. ``on_result(method, mode, summary)`` is called after each run. With
+    ``lifelong_checkpoints`` / ``lifelong_batches`` each method also gets ``lifelong``
+    (:func:`lifelong_curves`: ``{"sequential": [{"n_edits", "es_edit", "es_rephrase",
+    "dd_locality", ...}], "batched": [{"batch_size", ...}]}``).
     """
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -403,6 +484,13 @@ def evaluate_editors(
                 entry.update({k: v for k, v in summary.items() if k != "mode"})
             if mode != "single":
                 entry[mode] = summary
+        if lifelong_checkpoints or lifelong_batches:
+            entry["lifelong"] = lifelong_curves(
+                model, tokenizer, editor, records, checkpoints=lifelong_checkpoints, batch_sizes=lifelong_batches,
+                pre=pre, score_batch_size=score_batch_size, progress=progress, name=method, on_edit_error=on_edit_error,
+            )  # fmt: skip
+            if on_result is not None:
+                on_result(method, "lifelong", entry["lifelong"])
         methods[method] = entry
     pre_exact = [s.edit.exact.float().item() for s in pre]
     loc = [x for s in pre for x in s.locality.exact.float().tolist()]
@@ -419,6 +507,8 @@ def evaluate_editors(
             "modes": list(modes),
             "batch_size": batch_size,
             "n_sequential": n_sequential,
+            "lifelong_checkpoints": list(lifelong_checkpoints),
+            "lifelong_batches": list(lifelong_batches),
             "model_kind": model_kind(model),
             "es_definition": "teacher-forced argmax exact match of all target tokens",
         },

@@ -1,0 +1,199 @@
+"""Edits as regularised least squares, protecting earlier edits and preserved knowledge.
+
+For one edited layer, an edit's keys ``U`` ``[n, d_in]`` (the layer inputs at its tokens) and
+value changes ``D`` ``[n, d_out]`` (how each token's layer output should move) give the update
+
+    dW = D^T U (U^T U + P + lam I)^-1                                   [d_out, d_in]
+
+the minimiser of ``||dW U^T - D^T||^2 + tr(dW P dW^T) + lam ||dW||^2``. The protection ``P`` is
+``K_e^T K_e`` over the keys of the earlier edits (their outputs stay: ``dW K_e^T ~ 0``, AlphaEdit)
+plus ``gamma * C_0``, ``C_0`` the mean ``k k^T`` over preserved text (ordinary inputs keep their
+outputs, MEMIT). The update has rank at most ``n`` and is stored as factors: ``u = U A^-1``,
+``delta = -D``, ``alpha = 1`` (``A`` is symmetric), with the keys kept beside them.
+
+``KeyMemory`` is that protection as explicit data: ``C_0`` per layer and the keys' second moment
+of the edits made so far. It is rebuilt from the active edits' stored keys (``KeyMemory.of``), so
+after a rollback the protection is exactly that of the edits that remain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from editor_nets.delta import EditDelta, LayerDelta, apply_delta
+from editor_nets.models import default_targets, model_kind
+from editor_nets.scoring import edit_batch, score_batch
+from editor_nets.state import WeightSnapshot, restoring
+from graddecomp import resolve_targets
+
+__all__ = ["KeyMemory", "RidgeEditor", "preserved_moments", "ridge_update"]
+
+
+@torch.no_grad()
+def preserved_moments(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    layers: Sequence[str],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """``C_0`` per layer: the mean ``k k^T`` ``[d_in, d_in]`` (float32, on the layer's device) of the
+    layer's inputs over every real token of ``texts`` (tokenised like prompts, padding left out)."""
+    from edit_data import encode_prompt
+
+    modules = resolve_targets(model, list(layers))
+    sums: dict[str, Tensor] = {}
+    count, mask_now = 0, {}
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple, output: Tensor) -> None:
+            x = args[0][mask_now["mask"]].float()  # [tokens, d_in]
+            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
+    device = model.get_input_embeddings().weight.device
+    try:
+        for i in tqdm(
+            range(0, len(texts), batch_size), desc="key statistics", unit="batch", disable=not progress
+        ):
+            rows = [encode_prompt(tokenizer, t) for t in texts[i : i + batch_size]]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros_like(ids, dtype=torch.bool)
+            for b, r in enumerate(rows):
+                ids[b, : len(r)], mask[b, : len(r)] = torch.tensor(r), True
+            mask_now["mask"] = mask.to(device)
+            model(input_ids=ids.to(device), attention_mask=mask.long().to(device))
+            count += int(mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: s / max(1, count) for n, s in sums.items()}
+
+
+@dataclass
+class KeyMemory:
+    """What a least-squares edit protects, per layer: ``preserved`` ``C_0`` ``[d_in, d_in]`` and
+    ``edits``, the summed ``k k^T`` of the earlier edits' keys; ``n_edits`` counts those edits."""
+
+    preserved: dict[str, Tensor] = field(default_factory=dict)
+    edits: dict[str, Tensor] = field(default_factory=dict)
+    n_edits: int = 0
+
+    def with_edit(self, delta: EditDelta) -> KeyMemory:
+        """This memory plus the keys of ``delta`` (a new object; this one is unchanged)."""
+        edits = dict(self.edits)
+        for name, layer in delta.layers.items():
+            if layer.keys is not None:
+                k = layer.keys.detach().float()
+                edits[name] = edits[name] + k.T @ k if name in edits else k.T @ k
+        return replace(self, edits=edits, n_edits=self.n_edits + 1)
+
+    def fresh(self) -> KeyMemory:
+        """No earlier edits; the preserved statistics stay."""
+        return KeyMemory(self.preserved)
+
+    @classmethod
+    def of(cls, deltas: Iterable[EditDelta], preserved: dict[str, Tensor] | None = None) -> KeyMemory:
+        """The memory after ``deltas``, in order, from their stored keys."""
+        memory = cls(dict(preserved or {}))
+        for delta in deltas:
+            memory = memory.with_edit(delta)
+        return memory
+
+    def prior(self, name: str, gamma: Tensor | float, device: torch.device) -> Tensor | None:
+        """``P = edits + gamma * C_0`` for one layer (``None`` when the memory holds nothing for it)."""
+        parts = []
+        if name in self.edits:
+            parts.append(self.edits[name].to(device))
+        if name in self.preserved:
+            parts.append(gamma * self.preserved[name].to(device))
+        return sum(parts[1:], parts[0]) if parts else None
+
+
+def ridge_update(keys: Tensor, values: Tensor, prior: Tensor | None, ridge: Tensor | float) -> LayerDelta:
+    """The least-squares update of one layer as factors: ``keys`` ``U [n, d_in]``, ``values``
+    ``D [n, d_out]``, ``prior`` ``P [d_in, d_in]`` or ``None``, ``ridge`` ``lam`` (a tensor to learn it).
+    Differentiable in ``values``, ``prior`` and ``ridge``."""
+    u = keys.float()
+    d_in = u.shape[1]
+    a = u.T @ u + ridge * torch.eye(d_in, dtype=u.dtype, device=u.device)
+    if prior is not None:
+        a = a + prior
+    u_solved = torch.linalg.solve(a, u.T).T  # U A^-1, [n, d_in]
+    return LayerDelta(u_solved, -values.float(), 1.0, keys.detach())
+
+
+@dataclass
+class RidgeEditor:
+    """The training-free least-squares editor (in the spirit of UltraEdit): in every edited layer a
+    gradient step in output space, ``D = -lr * dL/dy`` at the edit's tokens, solved onto the
+    weights with :func:`ridge_update` against the memory, repeated on the updated model until every
+    target is hit (at most ``max_steps`` times). The steps of one edit are one ``EditDelta``.
+
+    ``memory`` holds ``C_0`` (give ``preserved``) and the keys of the edits made since ``start()``;
+    ``edit`` adds each edit's keys, ``start()`` forgets them (a fresh sequence on base weights)."""
+
+    targets: Sequence[str] | None = None
+    lr: float = 1.0
+    ridge: float = 1e-2
+    gamma: float = 1.0
+    max_steps: int = 10
+    memory: KeyMemory = field(default_factory=KeyMemory)
+    name: str = "Ridge"
+
+    def start(self) -> None:
+        self.memory = self.memory.fresh()
+
+    def compute_delta(
+        self, model: nn.Module, tokenizer: Any, records: Sequence[Any], memory: KeyMemory | None = None
+    ) -> EditDelta:
+        """The edit of ``records`` (together) against ``memory`` (default ``self.memory``); the model
+        is unchanged afterwards."""
+        from editor_nets.mend import edit_factors
+
+        memory = self.memory if memory is None else memory
+        kind = model_kind(model)
+        targets = list(
+            resolve_targets(model, list(self.targets) if self.targets is not None else default_targets(model))
+        )
+        batch = edit_batch(
+            model, tokenizer, [r.prompt for r in records], [r.target for r in records], kind=kind
+        )
+        steps: list[EditDelta] = []
+        with restoring(model) as keep:
+            for _ in range(self.max_steps):
+                with torch.no_grad():
+                    if bool(score_batch(model, batch, kind=kind).exact.all()):
+                        break
+                factors = edit_factors(model, batch, targets, kind=kind)
+                step = EditDelta(
+                    {
+                        n: ridge_update(u, -self.lr * d, memory.prior(n, self.gamma, u.device), self.ridge)
+                        for n, (u, d) in factors.items()
+                    }
+                )
+                keep(apply_delta(model, step))
+                steps.append(step)
+        if not steps:
+            steps = [EditDelta({})]
+        delta = EditDelta.combine(steps, {"editor": self.name})
+        for n, layer in delta.layers.items():  # protect the keys of the edit as first seen
+            layer.keys = steps[0].layers[n].keys
+        return delta
+
+    def edit(self, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> WeightSnapshot:
+        delta = self.compute_delta(model, tokenizer, records)
+        snapshot = apply_delta(model, delta)
+        self.memory = self.memory.with_edit(delta)
+        return snapshot
