@@ -396,7 +396,7 @@ def memory_child(variant: str, seed: int = 0) -> dict:
     edit_forward = dense_edit if variant == "dense" else lowrank_edit
 
     def step(records, forward=edit_forward) -> None:
-        loss, _ = meta_loss(editor, model, tok, records, config, rng, edit_forward=forward)
+        loss, _, _ = meta_loss(editor, model, tok, records, config, rng, edit_forward=forward)
         loss.backward()
 
     step(world.records[:1])  # warm-up: lazy initialisation, editor grads allocated

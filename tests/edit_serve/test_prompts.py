@@ -10,7 +10,7 @@ from tiny_models import build_tiny
 pytest.importorskip("transformers")
 
 from edit_data import collate_causal, encode_prompt, train_tokenizer
-from edit_serve import EditJournal, EditService, SamplingParams
+from edit_serve import EditItem, EditJournal, EditService, SamplingParams
 from editor_nets import MendConfig, MendEditor, edit_batch, generate_answer
 
 TEXTS = ["Where does Ana live ? Oslo", "Where does Bo live ? Rome", "Paris Lima Kyiv", "grass is green"]
@@ -55,7 +55,7 @@ def test_an_edit_through_the_sidecar_changes_what_generate_returns(bos_tokenizer
     greedy = SamplingParams(max_new_tokens=1)
     before = service.generate(PROMPT, greedy).text
     assert before != TARGET
-    reply = service.edit(PROMPT, TARGET)
+    reply = service.edit(EditItem(PROMPT, TARGET))
     assert reply.target_logprob_after > reply.target_logprob_before
     assert service.generate(PROMPT, greedy).text == TARGET
     service.rollback(edit_id=reply.edit_id)

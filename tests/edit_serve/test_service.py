@@ -7,8 +7,12 @@ import threading
 import pytest
 import torch
 
-from edit_serve import SamplingParams, ServeError, WeightStore, weights_digest
+from edit_serve import EditItem, SamplingParams, ServeError, WeightStore, weights_digest
 from edit_serve.loading import load_served
+
+
+def _edit(service, prompt, target, rephrases=(), **kwargs):
+    return service.edit(EditItem(prompt, target, tuple(rephrases)), **kwargs)
 
 
 def _state(service) -> tuple[str, int, int, list]:
@@ -21,7 +25,7 @@ def test_edit_raises_target_logprob_and_is_journaled_before_reply(make_service, 
     s = make_service()
     base = weights_digest(s.model)
     prompt, target = tiny_artifacts.prompts[0]
-    r = s.edit(prompt, target, provenance={"who": "test"})
+    r = _edit(s, prompt, target, provenance={"who": "test"})
     assert r.version == 1 and s.version == 1 and not r.replayed
     assert r.target_logprob_after > r.target_logprob_before
     assert weights_digest(s.model) != base
@@ -44,7 +48,7 @@ def test_rollback_of_a_middle_edit_is_bitwise_a_server_that_never_applied_it(
 ) -> None:
     s = make_service()
     base = weights_digest(s.model)
-    ids = [s.edit(p, t).edit_id for p, t in tiny_artifacts.prompts[:3]]
+    ids = [_edit(s, p, t).edit_id for p, t in tiny_artifacts.prompts[:3]]
     r = s.rollback(edit_id=ids[1])
     assert r.rolled_back == [ids[1]] and r.version == 4
     assert [i.edit_id for i in s.list_edits()] == [ids[0], ids[2]]
@@ -63,7 +67,7 @@ def test_rollback_of_a_middle_edit_is_bitwise_a_server_that_never_applied_it(
 def test_restart_replays_the_journal_bitwise(make_service, tiny_artifacts, tmp_path) -> None:
     s = make_service(tmp_path / "j")
     ids = [
-        s.edit(p, t, idempotency_key=f"k{i}").edit_id for i, (p, t) in enumerate(tiny_artifacts.prompts[:3])
+        _edit(s, p, t, idempotency_key=f"k{i}").edit_id for i, (p, t) in enumerate(tiny_artifacts.prompts[:3])
     ]
     s.rollback(edit_id=ids[0])
     before = (weights_digest(s.model), s.version, s.list_edits(include_rolled_back=True))
@@ -72,21 +76,21 @@ def test_restart_replays_the_journal_bitwise(make_service, tiny_artifacts, tmp_p
     s2 = make_service(tmp_path / "j")
     assert (weights_digest(s2.model), s2.version, s2.list_edits(include_rolled_back=True)) == before
     assert s2.generate(tiny_artifacts.prompts[1][0], SamplingParams(max_new_tokens=6)).text == text
-    again = s2.edit(*tiny_artifacts.prompts[2], idempotency_key="k2")
+    again = _edit(s2, *tiny_artifacts.prompts[2], idempotency_key="k2")
     assert again.replayed and again.edit_id == ids[2] and s2.version == before[1]
 
 
 def test_idempotency_key_applies_once(make_service, tiny_artifacts) -> None:
     s = make_service()
     p, t = tiny_artifacts.prompts[0]
-    first = s.edit(p, t, idempotency_key="retry-1")
+    first = _edit(s, p, t, idempotency_key="retry-1")
     digest = weights_digest(s.model)
-    second = s.edit(p, t, idempotency_key="retry-1")
+    second = _edit(s, p, t, idempotency_key="retry-1")
     assert second.replayed and second.edit_id == first.edit_id and second.version == first.version
     assert second.target_logprob_after == first.target_logprob_after
     assert weights_digest(s.model) == digest and len(s.journal.entries) == 1
     with pytest.raises(ServeError) as err:
-        s.edit(p, "something else", idempotency_key="retry-1")
+        _edit(s, p, "something else", idempotency_key="retry-1")
     assert err.value.code == "FAILED_PRECONDITION" and "retry-1" in err.value.message
 
 
@@ -95,7 +99,7 @@ def test_norm_bound_and_non_finite_edits_change_nothing(make_service, tiny_artif
     p, t = tiny_artifacts.prompts[0]
     state = _state(s)
     with pytest.raises(ServeError) as err:
-        s.edit(p, t)
+        _edit(s, p, t)
     assert err.value.code == "FAILED_PRECONDITION" and "exceeds the bound" in err.value.message
     assert _state(s) == state
 
@@ -110,14 +114,14 @@ def test_norm_bound_and_non_finite_edits_change_nothing(make_service, tiny_artif
 
     monkeypatch.setattr(s.editor, "compute_delta", poisoned)
     with pytest.raises(ServeError) as err:
-        s.edit(p, t)
+        _edit(s, p, t)
     assert err.value.code == "FAILED_PRECONDITION" and "non-finite" in err.value.message
     assert _state(s) == state
 
 
 def test_a_failed_journal_write_undoes_the_edit(make_service, tiny_artifacts, monkeypatch) -> None:
     s = make_service()
-    s.edit(*tiny_artifacts.prompts[0])
+    _edit(s, *tiny_artifacts.prompts[0])
     state = _state(s)
 
     def disk_full(*args, **kwargs):
@@ -125,7 +129,7 @@ def test_a_failed_journal_write_undoes_the_edit(make_service, tiny_artifacts, mo
 
     monkeypatch.setattr(s.journal, "append_edit", disk_full)
     with pytest.raises(OSError):
-        s.edit(*tiny_artifacts.prompts[1])
+        _edit(s, *tiny_artifacts.prompts[1])
     assert _state(s) == state and len(s.weights.active) == 1
 
 
@@ -151,7 +155,7 @@ def test_bad_edit_requests_are_refused_and_change_nothing(make_service, kwargs, 
     s = make_service(max_prompt_tokens=40)
     state = _state(s)
     with pytest.raises(ServeError) as err:
-        s.edit(**kwargs)
+        _edit(s, **kwargs)
     assert err.value.code == code and text in err.value.message
     assert _state(s) == state
 
@@ -181,7 +185,7 @@ def test_bad_generate_requests(make_service, prompt, sampling, code, text) -> No
 
 def test_rollback_and_lookup_errors(make_service, tiny_artifacts) -> None:
     s = make_service()
-    e = s.edit(*tiny_artifacts.prompts[0]).edit_id
+    e = _edit(s, *tiny_artifacts.prompts[0]).edit_id
     cases = [
         (lambda: s.rollback(edit_id="nope"), "NOT_FOUND"),
         (lambda: s.get_edit("nope"), "NOT_FOUND"),
@@ -259,7 +263,7 @@ def test_generate_during_edit_never_sees_a_half_applied_edit(make_service, tiny_
     for t in threads:
         t.start()
     for p, t in tiny_artifacts.prompts[:3]:
-        s.edit(p, t)
+        _edit(s, p, t)
     stop.set()
     for t in threads:
         t.join()
@@ -294,7 +298,7 @@ def test_prompt_limit_is_capped_by_the_context_length(make_service) -> None:
     s = make_service()  # default max_prompt_tokens=512; the tiny GPT-2 has 64 positions
     assert s.max_prompt_tokens == 63
     state = _state(s)
-    for call in (lambda: s.generate("w " * 70), lambda: s.edit("w " * 70, "x")):
+    for call in (lambda: s.generate("w " * 70), lambda: _edit(s, "w " * 70, "x")):
         with pytest.raises(ServeError) as err:
             call()
         assert err.value.code == "RESOURCE_EXHAUSTED" and "63" in err.value.message

@@ -37,11 +37,13 @@ def test_training_and_evaluation_paths_run_on_the_gpu(on_gpu):
     records = world.records[:4]
     assert 0.0 <= qa_accuracy(model, tok, [r.prompt for r in records], [r.original for r in records]) <= 1.0
     editor = MendEditor.for_model(model, MendConfig(rank=8, alpha_init=0.1)).cuda().train()
-    loss, _ = meta_loss(editor, model, tok, records[:1], MetaTrainConfig(), random.Random(0))
+    loss, _, _ = meta_loss(editor, model, tok, records[:1], MetaTrainConfig(), random.Random(0))
     loss.backward()
     assert editor.alpha.grad is not None and editor.alpha.grad.is_cuda
     assert "es_sequential" in validate_editor(editor.eval(), model, tok, records, n_sequential=2)
-    editors = build_editors(["MEND", "FT", "FT+KL"], EditorSetup(editor.targets, world.records[4:8], editor))
+    editors = build_editors(
+        ["MEND", "FT", "FT+KL"], EditorSetup(editor.targets, world.records[4:8], {"MEND": editor})
+    )
     res = evaluate_editors(model, tok, editors, records, n_sequential=2, batch_size=2, progress=False)
     assert set(res["methods"]) == {"MEND", "FT", "FT+KL"}
 

@@ -153,7 +153,7 @@ def test_editor_across_tiny_model_table(name, tok):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     # one meta-training loss reaches every network of the editor
     editor.train()
-    loss, stats = meta_loss(editor, model, tok, [record], MetaTrainConfig(), random.Random(0))
+    loss, stats, _ = meta_loss(editor, model, tok, [record], MetaTrainConfig(), random.Random(0))
     loss.backward()
     assert torch.isfinite(loss) and stats["nll"] > 0
     assert editor.alpha.grad is not None and torch.all(editor.alpha.grad != 0)

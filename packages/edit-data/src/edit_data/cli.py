@@ -38,9 +38,11 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 @app.command()
 def build(
-    format: Annotated[str, typer.Argument(help="zsre, counterfact, fever, wikitext, records or auto")],
-    inputs: Annotated[list[Path], typer.Argument(help="input files (pooled, then split)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")],
+    format: Annotated[
+        str, typer.Argument(help="zsre, counterfact, fever, wikitext, records, auto, or iso3166 (built in)")
+    ],
+    inputs: Annotated[list[Path] | None, typer.Argument(help="input files (pooled, then split)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("data"),
     locality: Annotated[
         Path | None, typer.Option(help="locality file: NQ JSON ({questions, answers}) or plain text passages")
     ] = None,
@@ -53,8 +55,17 @@ def build(
     tokenizer: Annotated[
         Path | None, typer.Option(help="wikitext: local tokenizer directory whose tokens count as n_tokens")
     ] = None,
+    subdivisions: Annotated[int, typer.Option(help="iso3166: ISO 3166-2 subdivisions to draw")] = 400,
 ) -> None:
-    """Read public editing-dataset files and write subject-disjoint splits (datasets format)."""
+    """Read public editing-dataset files and write subject-disjoint splits (datasets format).
+
+    ``iso3166`` reads no file: it builds real facts about ISO 3166 places from the pycountry
+    package (``pip install 'edit-data[iso3166]'``), in the layout of ``edit-data world``."""
+    if format == "iso3166":
+        _build_iso3166(inputs or [], out, subdivisions, seed, n_locality, _fractions(fractions))
+        return
+    if not inputs:
+        raise _fail(f"FORMAT {format}: give at least one input file")
     from edit_data.errors import RecordError
     from edit_data.formats import FORMATS, read_records
     from edit_data.storage import save_records, split_records
@@ -99,6 +110,22 @@ def build(
     for line in summaries:
         typer.echo(line)
     typer.echo(f"wrote {out}: " + ", ".join(f"{name} {len(recs)}" for name, recs in splits.items()))
+
+
+def _build_iso3166(inputs, out: Path, subdivisions: int, seed: int, n_locality: int, fractions) -> None:
+    from edit_data.iso3166 import build_iso3166
+    from edit_data.storage import save_world
+
+    if inputs:
+        raise _fail("iso3166 reads no input files (it is built from the pycountry package)")
+    try:
+        w = build_iso3166(subdivisions, seed, n_locality=max(n_locality, 1))
+    except (ImportError, ValueError) as e:
+        raise _fail(str(e)) from None
+    save_world(w, out, fractions=fractions, split_seed=seed)
+    typer.echo(
+        f"wrote {out}: {len(w.facts)} facts, {len(w.corpus)} corpus lines, {len(w.records)} edit records"
+    )
 
 
 @app.command()

@@ -150,7 +150,7 @@ def save_world(
     from edit_data.tokenizer import train_tokenizer
 
     out = Path(out_dir)
-    info = {"source": f"world(seed={world.seed})", "relations": [r.name for r in world.relations]}
+    info = {"source": f"{world.name}(seed={world.seed})", "relations": [r.name for r in world.relations]}
     save_records(split_records(world.records, fractions, split_seed), out, info=info)
     save_records(
         split_records(world.classification_records, fractions, split_seed), out / "claims", info=info

@@ -243,6 +243,7 @@ class World:
     records: list[EditRecord]
     claims: list[Claim]
     classification_records: list[EditRecord] = field(default_factory=list)
+    name: str = "world"  # where the facts come from: "world" (generated) or "iso3166"
 
 
 def _make_name(rng: random.Random, kind: str) -> str:
@@ -358,13 +359,20 @@ def _records(
     seed: int,
     n_locality: int,
     n_hard: int,
+    n_neighbourhood: int = 0,
+    name: str = "world",
 ) -> list[EditRecord]:
+    """One counterfactual QA record per fact. Locality: ``n_neighbourhood`` neighbourhood prompts
+    (other subjects with the same relation and true object) and other subjects' facts up to
+    ``n_locality``; hard locality: same subject / other relation and same relation / other subject."""
     by_name = {r.name: r for r in rels}
     by_subject: dict[str, list[int]] = {}
     by_relation: dict[str, list[int]] = {}
+    by_answer: dict[tuple[str, str], list[int]] = {}
     for i, f in enumerate(facts):
         by_subject.setdefault(f.subject, []).append(i)
         by_relation.setdefault(f.relation, []).append(i)
+        by_answer.setdefault((f.relation, f.object), []).append(i)
 
     def ask(i: int) -> LocalityExample:
         f = facts[i]
@@ -378,7 +386,13 @@ def _records(
         rng.shuffle(order)
         prompts = [_question(r.questions[k], f.subject) for k in order]
         others = [j for j in range(len(facts)) if facts[j].subject != f.subject]
-        locality = [ask(j) for j in rng.sample(others, min(n_locality, len(others)))]
+        locality: list[LocalityExample] = []
+        if n_neighbourhood:
+            neighbours = [j for j in by_answer[(f.relation, f.object)] if facts[j].subject != f.subject]
+            picked = set(rng.sample(neighbours, min(n_neighbourhood, len(neighbours))))
+            locality = [ask(j) for j in sorted(picked)]
+            others = [j for j in others if j not in picked]
+        locality += [ask(j) for j in rng.sample(others, min(n_locality - len(locality), len(others)))]
         same_subject = [j for j in by_subject[f.subject] if j != i]
         same_relation = [j for j in by_relation[f.relation] if j != i]
         hard = [ask(j) for j in rng.sample(same_subject, min(n_hard, len(same_subject)))]
@@ -394,7 +408,7 @@ def _records(
                 subject=f.subject,
                 relation=f.relation,
                 task="qa",
-                source=f"world(seed={seed})#{i}",
+                source=f"{name}(seed={seed})#{i}",
             )
         )
     return records
@@ -420,7 +434,12 @@ def _claims(
 
 
 def _claim_records(
-    rng: random.Random, rels: list[Relation], claims: list[Claim], seed: int, n_locality: int
+    rng: random.Random,
+    rels: list[Relation],
+    claims: list[Claim],
+    seed: int,
+    n_locality: int,
+    name: str = "world",
 ) -> list[EditRecord]:
     """Label-flip edits on the claims (task ``"classification"``): the rephrases are the same
     claim in the relation's other statement templates."""
@@ -446,7 +465,7 @@ def _claim_records(
                 subject=c.subject,
                 relation=c.relation,
                 task="classification",
-                source=f"world(seed={seed})/claims#{i}",
+                source=f"{name}(seed={seed})/claims#{i}",
             )
         )
     return records

@@ -7,8 +7,15 @@ Heavy imports (Ray, transformers) happen only when a server is started.
 
 from edit_serve.client import EditClient
 from edit_serve.journal import EditJournal, JournalCorruptError, JournalEntry, JournalLockedError
-from edit_serve.requests import SamplingParams, ServeError, ServeLimits
-from edit_serve.results import EditInfo, EditResult, GenerateResult, HealthInfo, RollbackResult
+from edit_serve.requests import EditItem, SamplingParams, ServeError, ServeLimits
+from edit_serve.results import (
+    EditInfo,
+    EditItemResult,
+    EditResult,
+    GenerateResult,
+    HealthInfo,
+    RollbackResult,
+)
 from edit_serve.rwlock import ReadWriteLock
 from edit_serve.service import EditService
 from edit_serve.weights import WeightStore
@@ -17,6 +24,8 @@ from editor_nets import weights_digest
 __all__ = [
     "EditClient",
     "EditInfo",
+    "EditItem",
+    "EditItemResult",
     "EditJournal",
     "EditResult",
     "EditService",

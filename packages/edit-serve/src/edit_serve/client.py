@@ -21,7 +21,7 @@ import grpc
 
 from edit_serve.proto import modeledit_pb2 as pb
 from edit_serve.proto import modeledit_pb2_grpc as pb_grpc
-from edit_serve.requests import SamplingParams
+from edit_serve.requests import EditItem, SamplingParams
 
 __all__ = ["EditClient"]
 
@@ -68,12 +68,24 @@ class EditClient:
         provenance: Mapping[str, str] | None = None,
     ) -> pb.EditReply:
         """Apply one edit; returns its id, the new weight version and the target's log-probs."""
-        request = pb.EditRequest(
-            prompt=prompt,
-            target=target,
-            rephrases=list(rephrases),
+        return self.edit_many(
+            [EditItem(prompt, target, tuple(rephrases))],
             idempotency_key=idempotency_key,
-            provenance=dict(provenance or {}),
+            provenance=provenance,
+        )
+
+    def edit_many(
+        self,
+        items: Sequence[EditItem],
+        *,
+        idempotency_key: str = "",
+        provenance: Mapping[str, str] | None = None,
+    ) -> pb.EditReply:
+        """Apply several corrections as one edit (one version, one journal entry); a bad one refuses
+        the call, naming ``edits[i]``. ``reply.items`` holds each correction's log-probs."""
+        edits = [pb.EditItem(prompt=x.prompt, target=x.target, rephrases=list(x.rephrases)) for x in items]
+        request = pb.EditRequest(
+            edits=edits, idempotency_key=idempotency_key, provenance=dict(provenance or {})
         )
         return self.stub.Edit(request, **self._kw())
 

@@ -24,7 +24,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from edit_serve.proto import modeledit_pb2 as pb
-from edit_serve.requests import SamplingParams, ServeError, ServeLimits
+from edit_serve.requests import EditItem, SamplingParams, ServeError, ServeLimits
 from edit_serve.results import EditInfo
 
 __all__ = ["SERVICE_NAME", "ModelEditServicer", "start_grpc_server"]
@@ -103,12 +103,17 @@ class ModelEditServicer:
 
     async def Edit(self, request: pb.EditRequest, context: grpc.aio.ServicerContext) -> pb.EditReply:
         await self._check(request, context, write=True)
+        if request.edits and (request.prompt or request.target or request.rephrases):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "give prompt/target/rephrases or edits, not both"
+            )
+        items = [EditItem(x.prompt, x.target, tuple(x.rephrases)) for x in request.edits] or [
+            EditItem(request.prompt, request.target, tuple(request.rephrases))
+        ]
         r = await self._call(
             context,
             "edit",
-            prompt=request.prompt,
-            target=request.target,
-            rephrases=list(request.rephrases),
+            items=items,
             idempotency_key=request.idempotency_key,
             provenance=dict(request.provenance),
         )

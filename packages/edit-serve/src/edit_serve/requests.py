@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["SamplingParams", "ServeError", "ServeLimits", "check_edit", "check_text"]
+__all__ = ["EditItem", "SamplingParams", "ServeError", "ServeLimits", "check_edit", "check_text"]
 
 
 class ServeError(Exception):
@@ -45,10 +45,20 @@ class ServeLimits:
     max_concurrent_generations: int = 16
     max_message_bytes: int = 1 << 20
     max_rephrases: int = 16
+    max_edit_items: int = 128
     max_stop_strings: int = 8
     max_provenance_entries: int = 32
     max_key_chars: int = 256
     max_edit_norm: float | None = 1e4
+
+
+@dataclass(frozen=True)
+class EditItem:
+    """One correction of an Edit call: ``prompt -> target``, and in-scope ``rephrases`` edited with it."""
+
+    prompt: str
+    target: str
+    rephrases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,20 +117,23 @@ def check_text(name: str, value: Any, limits: ServeLimits, *, allow_empty: bool 
 
 
 def check_edit(
-    prompt: str,
-    target: str,
-    rephrases: Sequence[str],
-    idempotency_key: str,
-    provenance: Mapping[str, str],
-    limits: ServeLimits,
+    items: Sequence[EditItem], idempotency_key: str, provenance: Mapping[str, str], limits: ServeLimits
 ) -> None:
-    """The fields of one Edit request (token lengths are checked by the service, which has the tokenizer)."""
-    check_text("prompt", prompt, limits)
-    check_text("target", target, limits)
-    if len(rephrases) > limits.max_rephrases:
-        raise invalid(f"{len(rephrases)} rephrases; the limit is {limits.max_rephrases}")
-    for i, r in enumerate(rephrases):
-        check_text(f"rephrases[{i}]", r, limits)
+    """The fields of an Edit request; with several items a message names the item (``edits[3].target``).
+    Token lengths are checked by the service, which has the tokenizer."""
+    if not items:
+        raise invalid("an Edit needs at least one edit")
+    if len(items) > limits.max_edit_items:
+        raise invalid(f"{len(items)} edits in one call; the limit is {limits.max_edit_items}")
+    for i, item in enumerate(items):
+        where = f"edits[{i}]." if len(items) > 1 else ""
+        check_text(f"{where}prompt", item.prompt, limits)
+        check_text(f"{where}target", item.target, limits)
+        if len(item.rephrases) > limits.max_rephrases:
+            within = f" in edits[{i}]" if len(items) > 1 else ""
+            raise invalid(f"{len(item.rephrases)} rephrases{within}; the limit is {limits.max_rephrases}")
+        for j, r in enumerate(item.rephrases):
+            check_text(f"{where}rephrases[{j}]", r, limits)
     if not isinstance(idempotency_key, str) or len(idempotency_key) > limits.max_key_chars:
         raise invalid(f"idempotency_key must be a string of at most {limits.max_key_chars} characters")
     if len(provenance) > limits.max_provenance_entries:

@@ -5,17 +5,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["EditInfo", "EditResult", "GenerateResult", "HealthInfo", "RollbackResult"]
+from edit_serve.requests import EditItem
+
+__all__ = ["EditInfo", "EditItemResult", "EditResult", "GenerateResult", "HealthInfo", "RollbackResult"]
+
+
+@dataclass(frozen=True)
+class EditItemResult:
+    target_logprob_before: float
+    target_logprob_after: float
 
 
 @dataclass(frozen=True)
 class EditResult:
+    """One Edit call (one version); ``target_logprob_*`` are of its first item, ``items`` of each."""
+
     edit_id: str
     version: int
     latency_ms: float
     target_logprob_before: float
     target_logprob_after: float
     replayed: bool
+    items: list[EditItemResult] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class EditInfo:
     applied_at_version: int
     idempotency_key: str
     rephrases: list[str] = field(default_factory=list)
+    items: list[EditItem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

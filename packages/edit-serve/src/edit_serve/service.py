@@ -23,13 +23,41 @@ from torch import nn
 
 from edit_serve.generation import GenerationStream, context_length
 from edit_serve.journal import EditJournal, JournalEntry, active_entries, utc_now
-from edit_serve.requests import SamplingParams, ServeError, ServeLimits, check_edit, check_text, invalid
-from edit_serve.results import EditInfo, EditResult, GenerateResult, HealthInfo, RollbackResult
+from edit_serve.requests import (
+    EditItem,
+    SamplingParams,
+    ServeError,
+    ServeLimits,
+    check_edit,
+    check_text,
+    invalid,
+)
+from edit_serve.results import (
+    EditInfo,
+    EditItemResult,
+    EditResult,
+    GenerateResult,
+    HealthInfo,
+    RollbackResult,
+)
 from edit_serve.rwlock import ReadWriteLock
 from edit_serve.weights import WeightStore
 from editor_nets import EditDelta, score_targets, weights_digest
+from editor_nets.ridge import KeyMemory
 
 __all__ = ["EditService"]
+
+
+def _where(i: int, n: int) -> str:
+    """How a message names item ``i`` of ``n`` (nothing for a single edit)."""
+    return f"edits[{i}]." if n > 1 else ""
+
+
+def _items_of(record: Mapping) -> list[dict]:
+    """The items of a journaled edit (records written before several items per call: one)."""
+    return record.get("items") or [
+        {"prompt": record["prompt"], "target": record["target"], "rephrases": record.get("rephrases", [])}
+    ]
 
 
 class EditService:
@@ -60,6 +88,9 @@ class EditService:
         self.device = device
         self.lock = ReadWriteLock()
         self.weights = WeightStore(model)
+        # what least-squares editors protect: C_0 from the editor, plus the active edits' keys
+        self._base_memory = getattr(editor, "memory", KeyMemory()).fresh()
+        self._memory = self._base_memory
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._edits: dict[str, JournalEntry] = {}
@@ -80,6 +111,7 @@ class EditService:
                         self._rolled_back_at[edit_id] = entry.record["created_at"]
         active = active_entries(self.journal.entries)
         self.weights.load_active((e.edit_id, self._load_delta(e)) for e in active)
+        self._memory = KeyMemory.of(self.weights.active.values(), self._base_memory.preserved)
 
     def _index_edit(self, entry: JournalEntry) -> None:
         self._edits[entry.edit_id] = entry
@@ -122,67 +154,100 @@ class EditService:
         return None
 
     # ------------------------------------------------------------ Edit
-    def _check_edit_tokens(self, prompt: str, target: str, rephrases: Sequence[str]) -> None:
-        n_target = len(self.tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"])
-        for name, p in [("prompt", prompt), *[(f"rephrases[{i}]", r) for i, r in enumerate(rephrases)]]:
-            n = self._prompt_ids(p).shape[1] + n_target + 1
-            if n > self.max_prompt_tokens:
-                raise ServeError(
-                    "RESOURCE_EXHAUSTED",
-                    f"{name} + target is {n} tokens; the limit is {self.max_prompt_tokens}",
-                )
+    def _check_edit_tokens(self, items: Sequence[EditItem]) -> None:
+        for i, item in enumerate(items):
+            n_target = len(self.tokenizer(" " + item.target.strip(), add_special_tokens=False)["input_ids"])
+            for name, p in [
+                ("prompt", item.prompt),
+                *[(f"rephrases[{j}]", r) for j, r in enumerate(item.rephrases)],
+            ]:
+                n = self._prompt_ids(p).shape[1] + n_target + 1
+                if n > self.max_prompt_tokens:
+                    raise ServeError(
+                        "RESOURCE_EXHAUSTED",
+                        f"{_where(i, len(items))}{name} + target is {n} tokens; the limit is {self.max_prompt_tokens}",
+                    )
 
-    def _replayed(self, entry: JournalEntry, prompt: str, target: str) -> EditResult:
+    def _replayed(self, entry: JournalEntry, items: Sequence[EditItem]) -> EditResult:
         rec = entry.record
-        if rec["prompt"] != prompt or rec["target"] != target:
+        if [(x["prompt"], x["target"]) for x in _items_of(rec)] != [(x.prompt, x.target) for x in items]:
             raise ServeError(
                 "FAILED_PRECONDITION",
                 f"idempotency_key {rec['idempotency_key']!r} was already used by edit {rec['edit_id']} with a "
                 "different prompt or target",
             )
-        return EditResult(
-            rec["edit_id"], entry.seq, rec["latency_ms"], rec["logprob_before"], rec["logprob_after"], True
+        logprobs = (
+            [
+                EditItemResult(b, a)
+                for b, a in zip(rec["logprob_before_items"], rec["logprob_after_items"], strict=True)
+            ]
+            if "logprob_before_items" in rec
+            else [EditItemResult(rec["logprob_before"], rec["logprob_after"])]
         )
+        return EditResult(
+            rec["edit_id"],
+            entry.seq,
+            rec["latency_ms"],
+            rec["logprob_before"],
+            rec["logprob_after"],
+            True,
+            logprobs,
+        )
+
+    def _compute(self, items: Sequence[EditItem]):
+        """The edit of ``items`` solved together (the prompt and rephrasings of each are edited
+        together), checked: ``ServeError`` naming the item when it cannot be made."""
+        from edit_data import EditRecord, TargetTooLongError
+
+        records = [EditRecord(prompt=p, target=x.target) for x in items for p in (x.prompt, *x.rephrases)]
+        try:
+            delta = self.editor.compute_delta(self.model, self.tokenizer, records, self._memory)
+        except (TargetTooLongError, ValueError) as err:
+            raise invalid(f"cannot compute the edit: {err}") from err
+        problem = self._problem(delta)
+        if problem is not None and len(items) > 1:  # find the item that causes it
+            for i, item in enumerate(items):
+                if (alone := self._problem(self._alone(item))) is not None:
+                    raise ServeError("FAILED_PRECONDITION", f"edits[{i}]: {alone}; nothing was changed")
+        if problem is not None:
+            raise ServeError("FAILED_PRECONDITION", f"{problem}; nothing was changed")
+        return delta
+
+    def _alone(self, item: EditItem):
+        from edit_data import EditRecord
+
+        records = [EditRecord(prompt=p, target=item.target) for p in (item.prompt, *item.rephrases)]
+        return self.editor.compute_delta(self.model, self.tokenizer, records, self._memory)
+
+    def _problem(self, delta) -> str | None:
+        if not delta.is_finite():
+            return "the edit's update is non-finite (NaN or inf)"
+        norm, bound = delta.norm(), self.limits.max_edit_norm
+        if not math.isfinite(norm) or (bound is not None and norm > bound):
+            return f"the edit's update norm {norm:.4g} exceeds the bound {bound}"
+        return None
 
     def edit(
         self,
-        prompt: str,
-        target: str,
-        rephrases: Sequence[str] = (),
+        items: EditItem | Sequence[EditItem],
         idempotency_key: str = "",
         provenance: Mapping[str, str] | None = None,
     ) -> EditResult:
-        """Compute one MEND edit for ``prompt -> target`` (plus rephrases, as one batched edit),
-        journal it durably, apply it. Returns once the journal entry is fsync'd."""
-        from edit_data import EditRecord, TargetTooLongError
-
+        """Compute the edit of ``items`` (one or several ``prompt -> target`` corrections, each with
+        its rephrasings, solved together), journal it durably as one entry and one version, apply it.
+        Returns once the journal entry is fsync'd. A bad item refuses the whole call, naming it."""
+        items = [items] if isinstance(items, EditItem) else list(items)
         provenance = dict(provenance or {})
-        rephrases = list(rephrases)
-        check_edit(prompt, target, rephrases, idempotency_key, provenance, self.limits)
-        self._check_edit_tokens(prompt, target, rephrases)
+        check_edit(items, idempotency_key, provenance, self.limits)
+        self._check_edit_tokens(items)
         if idempotency_key and (entry := self._by_key.get(idempotency_key)) is not None:
-            return self._replayed(entry, prompt, target)
+            return self._replayed(entry, items)
         with self.lock.write():
             if idempotency_key and (entry := self._by_key.get(idempotency_key)) is not None:
-                return self._replayed(entry, prompt, target)
+                return self._replayed(entry, items)
             start = time.perf_counter()
-            records = [EditRecord(prompt=p, target=target) for p in [prompt, *rephrases]]
-            try:
-                before = self._target_logprob(prompt, target)
-                delta = self.editor.compute_delta(self.model, self.tokenizer, records)
-            except (TargetTooLongError, ValueError) as err:
-                raise invalid(f"cannot compute the edit: {err}") from err
-            if not delta.is_finite():
-                raise ServeError(
-                    "FAILED_PRECONDITION", "the edit's update is non-finite (NaN or inf); nothing was changed"
-                )
-            norm = delta.norm()
-            bound = self.limits.max_edit_norm
-            if not math.isfinite(norm) or (bound is not None and norm > bound):
-                raise ServeError(
-                    "FAILED_PRECONDITION",
-                    f"the edit's update norm {norm:.4g} exceeds the bound {bound}; nothing was changed",
-                )
+            before = [self._target_logprob(x.prompt, x.target) for x in items]
+            delta = self._compute(items)
             edit_id = secrets.token_hex(8)
             touched = [f"{name}.weight" for name in delta.layers]
             try:
@@ -190,28 +255,36 @@ class EditService:
             except ValueError as err:
                 raise ServeError("FAILED_PRECONDITION", str(err)) from err
             try:
-                after = self._target_logprob(prompt, target)
+                after = [self._target_logprob(x.prompt, x.target) for x in items]
                 latency_ms = (time.perf_counter() - start) * 1000.0
                 record = {
                     "edit_id": edit_id,
-                    "prompt": prompt,
-                    "target": target,
-                    "rephrases": rephrases,
+                    "prompt": items[0].prompt,
+                    "target": items[0].target,
+                    "rephrases": list(items[0].rephrases),
+                    "items": [
+                        {"prompt": x.prompt, "target": x.target, "rephrases": list(x.rephrases)}
+                        for x in items
+                    ],
                     "provenance": provenance,
                     "idempotency_key": idempotency_key,
                     "created_at": utc_now(),
-                    "logprob_before": before,
-                    "logprob_after": after,
+                    "logprob_before": before[0],
+                    "logprob_after": after[0],
+                    "logprob_before_items": before,
+                    "logprob_after_items": after,
                     "latency_ms": latency_ms,
-                    "norm": norm,
+                    "norm": delta.norm(),
                     "delta_provenance": dict(delta.provenance),
                 }
                 entry = self.journal.append_edit(delta.to_tensors(), record)
             except BaseException:
                 self.weights.rollback([edit_id])  # not journaled: undo exactly
                 raise
+            self._memory = self._memory.with_edit(delta)
             self._index_edit(entry)
-            return EditResult(edit_id, entry.seq, latency_ms, before, after, False)
+            logprobs = [EditItemResult(b, a) for b, a in zip(before, after, strict=True)]
+            return EditResult(edit_id, entry.seq, latency_ms, before[0], after[0], False, logprobs)
 
     # ------------------------------------------------------------ Generate
     def _enter_generation(self) -> None:
@@ -285,6 +358,7 @@ class EditService:
                     return RollbackResult(self.version, [])
             entry = self.journal.append_rollback(ids, to_version)
             self.weights.rollback(ids)
+            self._memory = KeyMemory.of(self.weights.active.values(), self._base_memory.preserved)
             for i in ids:
                 self._status[i] = "rolled_back"
                 self._rolled_back_at[i] = entry.record["created_at"]
@@ -304,6 +378,7 @@ class EditService:
             applied_at_version=entry.seq,
             idempotency_key=r.get("idempotency_key", ""),
             rephrases=list(r.get("rephrases", [])),
+            items=[EditItem(x["prompt"], x["target"], tuple(x["rephrases"])) for x in _items_of(r)],
         )
 
     def list_edits(self, include_rolled_back: bool = False) -> list[EditInfo]:

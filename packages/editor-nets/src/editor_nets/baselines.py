@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,23 +226,49 @@ class FTKLEditor(FTEditor):
 @dataclass(frozen=True)
 class EditorSetup:
     """What a registered editor is built from: the edited layers, the training edits (FT+KL's
-    locality pool), a trained ``MendEditor``, and the fine-tuning baselines' budget."""
+    locality pool, the least-squares editors' preserved text), trained editors by name, the
+    fine-tuning baselines' budget, and the model and tokenizer (for statistics of the base model)."""
 
     targets: Sequence[str] | None = None
     train_records: Sequence[Any] = ()
-    mend: Any = None
+    trained: Mapping[str, Any] = field(default_factory=dict)
     ft_lr: float = 1e-3
     ft_max_steps: int = 40
+    model: Any = None
+    tokenizer: Any = None
 
 
-def _mend(setup: EditorSetup) -> Editor:
-    if setup.mend is None:
-        raise ValueError("MEND needs a trained editor (EditorSetup.mend)")
-    return setup.mend
+def _trained(name: str) -> Callable[[EditorSetup], Editor]:
+    def get(setup: EditorSetup) -> Editor:
+        if name not in setup.trained:
+            raise ValueError(f"{name} needs a trained editor (EditorSetup.trained[{name!r}])")
+        return setup.trained[name]
+
+    return get
+
+
+def preserved_texts(records: Sequence[Any]) -> list[str]:
+    """The prompts of ``records`` (edit prompts, rephrasings, locality): the text whose keys the
+    least-squares editors keep (``C_0``)."""
+    return [p for r in records for p in (r.prompt, *r.rephrases, *[x.prompt for x in r.locality])]
+
+
+def _ridge(setup: EditorSetup) -> Editor:
+    from editor_nets.models import output_projections
+    from editor_nets.ridge import KeyMemory, RidgeEditor, preserved_moments
+
+    if setup.model is None or not setup.train_records:
+        raise ValueError("Ridge needs the model, its tokenizer and training records (for C_0)")
+    targets = output_projections(setup.model)
+    texts = preserved_texts(setup.train_records)
+    return RidgeEditor(
+        targets, memory=KeyMemory(preserved_moments(setup.model, setup.tokenizer, texts, targets))
+    )
 
 
 EDITORS: dict[str, Callable[[EditorSetup], Editor]] = {
-    "MEND": _mend,
+    "MEND": _trained("MEND"),
+    "Ridge": _ridge,
     "FT": lambda s: FTEditor(targets=s.targets, lr=s.ft_lr, max_steps=s.ft_max_steps),
     "FT+KL": lambda s: FTKLEditor(
         targets=s.targets,

@@ -122,7 +122,13 @@ def evaluate(
         raise _fail(f"{data}: {err}") from None
     if not splits.get(split):
         raise _fail(f"{data} has no records in split {split!r} (splits: {sorted(splits)})")
-    setup = EditorSetup(targets=mend.targets, train_records=splits.get("train", []), mend=mend)
+    setup = EditorSetup(
+        targets=mend.targets,
+        train_records=splits.get("train", []),
+        trained={"MEND": mend},
+        model=net,
+        tokenizer=tokenizer,
+    )
     try:
         chosen = build_editors([e.strip() for e in editors.split(",") if e.strip()], setup)
         results = evaluate_editors(

@@ -62,13 +62,20 @@ class EditDelta:
         layer = self.layers[name]
         return weight_grad(module, Factors(layer.u, layer.delta)).mul_(-float(layer.alpha))
 
-    def norm(self) -> float:
-        """Frobenius norm of the whole update, from the factors alone.
-
+    def squared_norm(self) -> Tensor:
+        """``||update||_F^2`` over every layer, from the factors alone (differentiable):
         ``||alpha * D^T U||_F^2 = alpha^2 * sum((U U^T) * (D D^T))`` with ``r x r`` Gram matrices."""
+        parts = [
+            layer.alpha**2 * ((layer.u @ layer.u.T) * (layer.delta @ layer.delta.T)).sum()
+            for layer in self.layers.values()
+        ]
+        return torch.stack(parts).sum() if parts else torch.zeros(())
+
+    def norm(self) -> float:
+        """Frobenius norm of the whole update (float64, from the factors alone)."""
         total = 0.0
         for layer in self.layers.values():
-            u, d = layer.u.double(), layer.delta.double()
+            u, d = layer.u.detach().double(), layer.delta.detach().double()
             total += float(layer.alpha) ** 2 * float(((u @ u.T) * (d @ d.T)).sum().clamp_min(0))
         return math.sqrt(total)
 

@@ -25,7 +25,10 @@ Definitions (the MEND paper's, teacher-forced):
   fraction of its rephrasings hit, averaged over edits that have rephrasings).
 * DD (drawdown): accuracy of the locality answers before the edit minus after it, pooled
   over every locality example of every edit (``dd_locality``), and separately for the hard
-  locality examples (``dd_hard_locality``). Positive means the edit broke something.
+  locality examples (``dd_hard_locality``). Positive means the edit broke something. When
+  several edits are made together (batched, sequential, lifelong), a locality prompt that is in
+  scope of another of them (the same question as its prompt or a rephrasing) is left out: its
+  answer was meant to change.
   ``dd_ppl_locality`` is the locality answers' perplexity after minus before (positive =
   worse); for ``"generation"`` records it is the main locality measure.
 * Modes: ``single`` edits one record at a time and restores the model (bitwise) after each;
@@ -76,10 +79,20 @@ MODES = ("single", "batched", "sequential")
 class RecordScores:
     """Scores of one record's prompts under one state of the model."""
 
+    record: Any
     edit: TargetScores  # [1]: the edit prompt with the new target
     rephrase: TargetScores  # [n_rephrases]: in-scope rephrasings with the new target
     locality: TargetScores  # [n_locality]: out-of-scope prompts with their own answers
     hard_locality: TargetScores  # [n_hard]
+
+
+def _normalise(prompt: str) -> str:
+    return " ".join(prompt.lower().split())
+
+
+def in_scope_prompts(records: Sequence[Any]) -> frozenset[str]:
+    """The normalised edit prompts and rephrasings of ``records``."""
+    return frozenset(_normalise(p) for r in records for p in (r.prompt, *r.rephrases))
 
 
 _GROUPS = ("edit", "rephrase", "locality", "hard_locality")
@@ -112,7 +125,7 @@ def score_records(
             g: TargetScores(*(t[idx] for t in (scores.correct, scores.n_tokens, scores.nll)))
             for g, idx in groups.items()
         }
-        out.append(RecordScores(**sel))
+        out.append(RecordScores(records[i], **sel))
     return out
 
 
@@ -150,19 +163,28 @@ class _Tally:
     latencies_ms: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
-    def add(self, before: RecordScores, after: RecordScores) -> None:
+    def add(self, before: RecordScores, after: RecordScores, in_scope: frozenset[str] = frozenset()) -> None:
+        """Count one record; its locality prompts that are in scope of an edit of the same run
+        (``in_scope``: normalised edit prompts and rephrasings) are left out: their answers were
+        meant to change."""
         self.es_edit += after.edit.exact.float().tolist()
         self.token_acc_edit += after.edit.token_acc.tolist()
         if len(after.rephrase):
             self.es_rephrase.append(after.rephrase.exact.double().mean().item())
             self.token_acc_rephrase.append(after.rephrase.token_acc.double().mean().item())
-        self.loc_before += before.locality.exact.float().tolist()
-        self.loc_after += after.locality.exact.float().tolist()
-        self.hard_before += before.hard_locality.exact.float().tolist()
-        self.hard_after += after.hard_locality.exact.float().tolist()
-        self.loc_nll[0] += before.locality.nll.sum().item()
-        self.loc_nll[1] += after.locality.nll.sum().item()
-        self.loc_tokens += int(after.locality.n_tokens.sum())
+        loc = torch.tensor(
+            [_normalise(x.prompt) not in in_scope for x in before.record.locality], dtype=torch.bool
+        )
+        hard = torch.tensor(
+            [_normalise(x.prompt) not in in_scope for x in before.record.hard_locality], dtype=torch.bool
+        )
+        self.loc_before += before.locality.exact[loc].float().tolist()
+        self.loc_after += after.locality.exact[loc].float().tolist()
+        self.hard_before += before.hard_locality.exact[hard].float().tolist()
+        self.hard_after += after.hard_locality.exact[hard].float().tolist()
+        self.loc_nll[0] += before.locality.nll[loc].sum().item()
+        self.loc_nll[1] += after.locality.nll[loc].sum().item()
+        self.loc_tokens += int(after.locality.n_tokens[loc].sum())
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -288,8 +310,9 @@ def lifelong_curves(
 
     def scored(k: int, tally: _Tally) -> dict[str, Any]:
         after = score_records(model, tokenizer, records[:k], kind=kind, batch_size=score_batch_size)
+        in_scope = in_scope_prompts(records[:k])
         for i, scores in enumerate(after):
-            tally.add(pre[i], scores)
+            tally.add(pre[i], scores, in_scope)
         summary = tally.summary()
         return {key: summary[key] for key in LIFELONG_METRICS}
 
@@ -398,8 +421,9 @@ def evaluate_editor(
                 after = score_records(
                     model, tokenizer, [records[i] for i in run], kind=kind, batch_size=score_batch_size
                 )
+            in_scope = in_scope_prompts([records[i] for i in run])
             for i, scores in zip(run, after, strict=True):
-                tally.add(pre[i], scores)
+                tally.add(pre[i], scores, in_scope)
             bar.set_postfix(es=f"{_mean(tally.es_edit):.2f}", refresh=False)
     _start(editor)
     if reference is not None:

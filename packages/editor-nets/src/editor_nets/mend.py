@@ -18,6 +18,7 @@ model it was trained for) and ``editor.safetensors``.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,7 +30,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from editor_nets.delta import EditDelta, LayerDelta, apply_delta
-from editor_nets.models import default_targets, model_kind
+from editor_nets.models import default_targets, model_kind, output_projections
+from editor_nets.ridge import KeyMemory, ridge_update, stepwise_edit
 from editor_nets.scoring import edit_batch, target_nll
 from editor_nets.state import WeightSnapshot, eval_mode, weights_digest
 from graddecomp import Factors, capture, layer_shape, resolve_targets
@@ -49,6 +51,7 @@ __all__ = [
 ]
 
 INPUT_MODES = ("concat", "u", "delta", "smaller", "separate")
+AGGREGATIONS = ("sum", "ridge")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "editor.safetensors"
 
@@ -61,7 +64,16 @@ class MendConfig:
     layers, ``input_mode`` one of ``"concat"`` (net on ``[u, delta]``), ``"u"``, ``"delta"``,
     ``"smaller"`` (net on the smaller side only) or ``"separate"`` (one net for ``u``, one for
     ``delta``), the step sizes' start ``alpha_init``, and the edited layers ``targets``
-    (names or globs; ``None``: ``editor_nets.models.default_targets``)."""
+    (names or globs; ``None``: ``editor_nets.models.default_targets``, or the MLP output
+    projections with ridge aggregation).
+
+    ``aggregation`` is how the rows become an update: ``"sum"`` (the paper: ``-alpha sum_i
+    delta~_i u~_i^T``) or ``"ridge"`` (the lifelong editor: value changes ``-alpha delta~_i`` at
+    the real keys ``u_i``, solved by ``editor_nets.ridge.ridge_update`` against the editor's key
+    memory, with a learned log-ridge and log-weight of the preserved keys per layer, starting at
+    ``ridge_init`` and ``gamma_init``). With ridge aggregation an edit can be made in up to
+    ``edit_steps`` steps of ``step_scale`` times the learned update, each on the model as updated
+    so far, stopping once the targets are hit (``editor_nets.ridge.stepwise_edit``)."""
 
     rank: int = 1920
     n_layers: int = 2
@@ -69,10 +81,17 @@ class MendConfig:
     alpha_init: float = 1e-4
     norm_eps: float = 1e-8
     targets: list[str] | None = None
+    aggregation: str = "sum"
+    ridge_init: float = 1e-2
+    gamma_init: float = 3000.0
+    edit_steps: int = 1
+    step_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {self.input_mode!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if self.rank < 1 or self.n_layers < 0:
             raise ValueError(
                 f"rank must be >= 1 and n_layers >= 0, got rank={self.rank}, n_layers={self.n_layers}"
@@ -98,8 +117,19 @@ class ModelSpec:
             raise ValueError(f"shapes lacks the edited layers {missing}")
 
     @classmethod
-    def of(cls, model: nn.Module, targets: Sequence[str] | None = None, base_model: str = "") -> ModelSpec:
-        names = list(resolve_targets(model, list(targets) if targets is not None else default_targets(model)))
+    def of(
+        cls,
+        model: nn.Module,
+        targets: Sequence[str] | None = None,
+        base_model: str = "",
+        *,
+        outputs: bool = False,
+    ) -> ModelSpec:
+        """The spec of ``model`` for ``targets`` (default: ``default_targets``, or with ``outputs``
+        the MLP output projections)."""
+        if targets is None:
+            targets = output_projections(model) if outputs else default_targets(model)
+        names = list(resolve_targets(model, list(targets)))
         return cls(
             targets=names,
             shapes={n: list(layer_shape(model.get_submodule(n))) for n in names},
@@ -278,6 +308,13 @@ class MendEditor(nn.Module):
             }
         )
         self.alpha = nn.Parameter(torch.full((len(spec.targets),), float(config.alpha_init)))
+        self.memory = KeyMemory()
+        if config.aggregation == "ridge":
+            self.log_ridge = nn.Parameter(torch.full((len(spec.targets),), math.log(config.ridge_init)))
+            self.log_gamma = nn.Parameter(torch.full((len(spec.targets),), math.log(config.gamma_init)))
+            for i, t in enumerate(spec.targets):  # C_0 of each layer, set by set_preserved
+                self.register_buffer(f"preserved_{i}", torch.zeros(spec.shapes[t][1], spec.shapes[t][1]))
+            self.start()
 
     @property
     def targets(self) -> list[str]:
@@ -290,17 +327,37 @@ class MendEditor(nn.Module):
     ) -> MendEditor:
         """A fresh (identity) editor for ``model`` with ``config`` (default ``MendConfig()``)."""
         config = config or MendConfig()
-        return cls(config, ModelSpec.of(model, config.targets, base_model))
+        spec = ModelSpec.of(model, config.targets, base_model, outputs=config.aggregation == "ridge")
+        return cls(config, spec)
 
-    def transform(self, factors: dict[str, Factors]) -> EditDelta:
-        """Map captured factors (``u [n, d_in]``, ``delta [n, d_out]`` per layer) to the edit's
-        pseudo-factors, differentiable in the editor's parameters (``alpha`` stays a tensor).
-        In training mode the normalisers update."""
+    def set_preserved(self, moments: dict[str, Tensor]) -> None:
+        """Store ``C_0`` per edited layer (``editor_nets.ridge.preserved_moments`` of the base model);
+        it is part of the checkpoint. Ridge aggregation only."""
+        for i, t in enumerate(self.targets):
+            getattr(self, f"preserved_{i}").copy_(moments[t])
+        self.start()
+
+    def start(self) -> None:
+        """Forget earlier edits: a new sequence of edits on the base weights (``memory`` keeps only
+        ``C_0``)."""
+        if self.config.aggregation == "ridge":
+            self.memory = KeyMemory({t: getattr(self, f"preserved_{i}") for i, t in enumerate(self.targets)})
+
+    def transform(self, factors: dict[str, Factors], memory: KeyMemory | None = None) -> EditDelta:
+        """Map captured factors (``u [n, d_in]``, ``delta [n, d_out]`` per layer) to the edit,
+        differentiable in the editor's parameters (``alpha`` stays a tensor). With ridge
+        aggregation the update is solved against ``memory`` (default ``self.memory``). In training
+        mode the normalisers update."""
+        memory = self.memory if memory is None else memory
         layers = {}
         for i, name in enumerate(self.targets):
             u, delta = (t.to(self.alpha.device, torch.float32) for t in factors[name])
             u_t, d_t = self.editors[self.shape_of[name]](u, delta, self.shared_index[name])
-            layers[name] = LayerDelta(u_t, d_t, self.alpha[i])
+            if self.config.aggregation == "sum":
+                layers[name] = LayerDelta(u_t, d_t, self.alpha[i])
+            else:
+                prior = memory.prior(name, self.log_gamma[i].exp(), u.device)
+                layers[name] = ridge_update(u, -self.alpha[i] * d_t, prior, self.log_ridge[i].exp())
         return EditDelta(layers)
 
     def check_fits(self, model: nn.Module) -> None:
@@ -331,27 +388,57 @@ class MendEditor(nn.Module):
                 stacklevel=2,
             )
 
-    def compute_delta(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> EditDelta:
-        """One edit (batched when ``len(records) > 1``) for ``records``; the model is unchanged."""
+    def compute_delta(
+        self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord], memory: KeyMemory | None = None
+    ) -> EditDelta:
+        """One edit (batched when ``len(records) > 1``) for ``records``, solved against ``memory``
+        (default ``self.memory``) with ridge aggregation; the model is unchanged."""
         if not records:
             raise ValueError("compute_delta needs at least one record")
-        kind = self.spec.kind
-        batch = edit_batch(
-            model, tokenizer, [r.prompt for r in records], [r.target for r in records], kind=kind
-        )
-        factors = edit_factors(model, batch, self.targets, kind=kind)
-        with torch.no_grad(), eval_mode(self):
-            mapped = self.transform(factors)
-        layers = {n: LayerDelta(x.u, x.delta, float(x.alpha.detach())) for n, x in mapped.layers.items()}
         records_json = json.dumps(
             [{"prompt": r.prompt, "target": r.target, "source": r.source} for r in records]
         )
         provenance = {"editor": self.name, "base_model": self.spec.base_model, "records": records_json}
-        return EditDelta(layers, provenance)
+        memory = self.memory if memory is None else memory
+        if self.config.aggregation == "ridge":
+            return stepwise_edit(
+                model,
+                tokenizer,
+                records,
+                self.targets,
+                lambda f: self._step(f, memory),
+                self.config.edit_steps,
+                provenance,
+            )
+        kind = self.spec.kind
+        batch = edit_batch(
+            model, tokenizer, [r.prompt for r in records], [r.target for r in records], kind=kind
+        )
+        return EditDelta(
+            self._step(edit_factors(model, batch, self.targets, kind=kind), memory).layers, provenance
+        )
+
+    @torch.no_grad()
+    def _step(self, factors: dict[str, Factors], memory: KeyMemory) -> EditDelta:
+        """The editor's update for ``factors``, detached, in eval mode (``step_scale`` of it with ridge)."""
+        scale = self.config.step_scale if self.config.aggregation == "ridge" else 1.0
+        with eval_mode(self):
+            mapped = self.transform(factors, memory)
+        return EditDelta(
+            {
+                n: LayerDelta(x.u, x.delta * scale, float(torch.as_tensor(x.alpha)), x.keys)
+                for n, x in mapped.layers.items()
+            }
+        )
 
     def edit(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> WeightSnapshot:
-        """``compute_delta`` then ``apply_delta`` in place; returns the touched weights' originals."""
-        return apply_delta(model, self.compute_delta(model, tokenizer, records))
+        """``compute_delta`` then ``apply_delta`` in place; returns the touched weights' originals.
+        With ridge aggregation the edit's keys join ``memory``, so later edits protect it."""
+        delta = self.compute_delta(model, tokenizer, records)
+        snapshot = apply_delta(model, delta)
+        if self.config.aggregation == "ridge":
+            self.memory = self.memory.with_edit(delta)
+        return snapshot
 
     def n_parameters(self) -> int:
         """Trainable parameter count (networks, per-layer scales and shifts, step sizes)."""

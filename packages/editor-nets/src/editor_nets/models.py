@@ -16,7 +16,15 @@ from torch import nn
 
 from graddecomp import is_supported, resolve_targets
 
-__all__ = ["DEFAULT_TARGETS", "default_targets", "generate_answer", "label_id", "load_model", "model_kind"]
+__all__ = [
+    "DEFAULT_TARGETS",
+    "default_targets",
+    "generate_answer",
+    "label_id",
+    "load_model",
+    "model_kind",
+    "output_projections",
+]
 
 # model_type -> globs of the MLP matrices, ``*`` standing for the block number. Seq2seq families
 # list the encoder and the decoder stacks; the last ``n`` blocks of each stack are edited.
@@ -82,6 +90,20 @@ def default_targets(model: nn.Module, n_blocks: int | None = None) -> list[str]:
     if not chosen:
         raise ValueError(f"found no MLP layers for model type {model_type!r}; pass the targets explicitly")
     return [name for name, _ in model.named_modules() if name in chosen]
+
+
+def output_projections(model: nn.Module, n_blocks: int | None = None) -> list[str]:
+    """The MLP output matrices among :func:`default_targets` (the ones that write into the residual
+    stream: ``d_in > d_out``, e.g. GPT-2's ``c_proj``, Llama's ``down_proj``, T5's ``wo``), which the
+    least-squares editors edit."""
+    from graddecomp import layer_shape
+
+    chosen = [
+        n for n in default_targets(model, n_blocks) if (s := layer_shape(model.get_submodule(n)))[1] > s[0]
+    ]
+    if not chosen:
+        raise ValueError(f"no MLP output projections among the default targets of {type(model).__name__}")
+    return chosen
 
 
 _MLP_WORDS = re.compile(r"(mlp|ffn|feed_forward|DenseReluDense|intermediate|fc1|fc2|experts)", re.I)

@@ -199,7 +199,7 @@ def run_job(
         f"meta-training: {summary['steps']} steps in {summary['seconds']:.0f}s, best validation {summary['best_validation']}"
     )
     setup = EditorSetup(
-        targets=editor.targets, train_records=splits["train"], mend=editor, ft_lr=config.eval.ft_lr,
+        targets=editor.targets, train_records=splits["train"], trained={"MEND": editor}, ft_lr=config.eval.ft_lr,
         ft_max_steps=config.eval.ft_max_steps,
     )  # fmt: skip
     test = splits["test"][: config.eval.max_records] if config.eval.max_records else splits["test"]

@@ -17,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +26,10 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from editor_nets.delta import lowrank_edit
+from editor_nets.delta import EditDelta, LayerDelta, apply_delta, lowrank_edit
 from editor_nets.mend import MendEditor, edit_factors
 from editor_nets.scoring import answer_logits, edit_batch, kl_divergence, score_batch
-from editor_nets.state import eval_mode, frozen, restoring
+from editor_nets.state import WeightSnapshot, eval_mode, frozen, restore_weights, restoring
 
 if TYPE_CHECKING:
     from edit_data import EditRecord
@@ -41,7 +41,14 @@ STATE_NAME = "train_state.pt"
 
 @dataclass
 class MetaTrainConfig:
-    """Meta-training settings. ``steps`` counts optimizer steps (each ``grad_accum`` edit batches)."""
+    """Meta-training settings. ``steps`` counts optimizer steps (each ``grad_accum`` edit batches).
+
+    Two ways to practise sequential editing: ``max_prior_edits`` makes each training edit on top
+    of 0..k earlier training edits applied for that step only; ``sequence_length`` (the lifelong
+    editor's) edits one live model step after step, as in use, and starts again from the base
+    weights after that many edits; the last ``n_keep`` edits of the sequence must keep their
+    answers (their prompts join the locality prompts). ``c_norm`` weighs the squared Frobenius
+    norm of the update in the loss."""
 
     steps: int = 600
     edit_batch_size: int = 1
@@ -61,6 +68,9 @@ class MetaTrainConfig:
     val_edits: int = 40
     val_sequential: int = 10
     max_prior_edits: int = 0
+    sequence_length: int = 0
+    n_keep: int = 4
+    c_norm: float = 0.0
     patience: int = 4
     cosine_decay: bool = False
     seed: int = 0
@@ -105,14 +115,15 @@ def meta_loss(
     *,
     keep: Sequence[EditRecord] = (),
     edit_forward: Callable = lowrank_edit,
-) -> tuple[Tensor, dict[str, float]]:
+) -> tuple[Tensor, dict[str, float], EditDelta]:
     """The meta-loss of one (batched) edit of ``records``, differentiable in the editor.
 
     ``keep`` are earlier edits already applied to ``model`` (sequential editing): their prompts join
     the locality prompts, so the new edit must keep them answering their new targets.
     ``edit_forward(model, delta)`` runs the edited model (default ``lowrank_edit``; benchmarks pass
-    a dense variant to compare memory). Returns ``(loss, stats)`` with ``stats`` holding ``nll``,
-    ``kl``, ``es`` (in-scope exact match) and ``loc_acc`` (post-edit agreement with the pre-edit argmax)."""
+    a dense variant to compare memory). Returns ``(loss, stats, delta)``: ``stats`` holds ``nll``,
+    ``kl``, ``es`` (in-scope exact match), ``loc_acc`` (post-edit agreement with the pre-edit argmax)
+    and ``norm`` (of the update); ``delta`` is the edit (differentiable)."""
     kind = editor.spec.kind
     batch = edit_batch(model, tokenizer, [r.prompt for r in records], [r.target for r in records], kind=kind)
     delta = editor.transform(edit_factors(model, batch, editor.targets, kind=kind))
@@ -134,8 +145,11 @@ def meta_loss(
         else:
             kl, loc_acc = nll.new_zeros(()), nll.new_ones(())
     loss = config.c_edit * nll + config.c_loc * kl
+    squared_norm = delta.squared_norm()
+    if config.c_norm:
+        loss = loss + config.c_norm * squared_norm
     stats = {"nll": float(nll.detach()), "kl": float(kl.detach()), "es": float(es), "loc_acc": float(loc_acc)}
-    return loss, stats
+    return loss, {**stats, "norm": float(squared_norm.detach()) ** 0.5}, delta
 
 
 @torch.no_grad()
@@ -185,6 +199,7 @@ def validate_editor(
             ]  # disjoint, as in evaluation
             hits = []
             for run in runs:
+                editor.start()
                 with restoring(model) as keep_original:
                     for r in run:
                         keep_original(editor.edit(model, tokenizer, [r]))
@@ -193,6 +208,7 @@ def validate_editor(
                     )
                     hits.append(score_batch(model, batch, kind=kind).exact)
             out["es_sequential"] = _share(hits)
+            editor.start()
     return out
 
 
@@ -240,6 +256,35 @@ def _lr_factor(config: MetaTrainConfig) -> Callable[[int], float]:
     return lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * step / max(1, config.steps)))
 
 
+@dataclass
+class _LiveSequence:
+    """The training edits applied to the live model so far (``sequence_length`` mode)."""
+
+    records: list = field(default_factory=list)
+    originals: WeightSnapshot = field(default_factory=dict)
+
+    def push(
+        self, model: nn.Module, editor: MendEditor, records: Sequence[EditRecord], delta: EditDelta
+    ) -> None:
+        """Apply ``delta`` (detached) to the live model; its keys join the editor's memory."""
+        done = EditDelta(
+            {
+                n: LayerDelta(x.u.detach(), x.delta.detach(), float(x.alpha), x.keys)
+                for n, x in delta.layers.items()
+            }
+        )
+        for name, value in apply_delta(model, done).items():
+            self.originals.setdefault(name, value)
+        editor.memory = editor.memory.with_edit(done)
+        self.records += records
+
+    def reset(self, model: nn.Module, editor: MendEditor) -> None:
+        """Back to the base weights and an empty memory."""
+        restore_weights(model, self.originals)
+        self.records, self.originals = [], {}
+        editor.start()
+
+
 def _train_step(
     editor: MendEditor,
     model: nn.Module,
@@ -248,23 +293,43 @@ def _train_step(
     config: MetaTrainConfig,
     rng: random.Random,
     opt: torch.optim.Optimizer,
+    live: _LiveSequence,
 ) -> dict[str, float] | None:
-    """One optimizer step over ``grad_accum`` edit batches, each made on top of 0..``max_prior_edits``
-    earlier training edits applied in place (restored bitwise after the backward pass). Returns the
-    averaged stats, or ``None`` (and leaves the editor unchanged) when a loss or the gradient is not finite."""
+    """One optimizer step over ``grad_accum`` edit batches. Each is made on top of 0..``max_prior_edits``
+    earlier training edits applied in place for it (restored bitwise after the backward pass) or, with
+    ``sequence_length``, on the live sequence, which it then joins. Returns the averaged stats, or
+    ``None`` (and leaves the editor unchanged) when a loss or the gradient is not finite."""
     opt.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
     for _ in range(config.grad_accum):
-        batch = rng.sample(list(records), min(config.edit_batch_size, len(records)))
-        prior = _prior_records(records, batch, config.max_prior_edits, rng)
-        with restoring(model) as keep:
-            for r in prior:
-                keep(editor.edit(model, tokenizer, [r]))
-            loss, stats = meta_loss(editor, model, tokenizer, batch, config, rng, keep=prior)
+        if config.sequence_length:
+            if len(live.records) >= config.sequence_length:
+                live.reset(model, editor)
+            used = {r.subject for r in live.records}
+            pool = [r for r in records if r.subject is None or r.subject not in used] or list(records)
+            batch = rng.sample(pool, min(config.edit_batch_size, len(pool)))
+            keep = live.records[-config.n_keep :] if config.n_keep else []
+            loss, stats, delta = meta_loss(editor, model, tokenizer, batch, config, rng, keep=keep)
             if not torch.isfinite(loss):
                 opt.zero_grad(set_to_none=True)
+                live.reset(model, editor)
                 return None
-            (loss / config.grad_accum).backward()  # before restoring: the graph holds the edited weights
+            (loss / config.grad_accum).backward()  # before the edit joins the live model
+            live.push(model, editor, batch, delta)
+        else:
+            batch = rng.sample(list(records), min(config.edit_batch_size, len(records)))
+            prior = _prior_records(records, batch, config.max_prior_edits, rng)
+            editor.start()  # the prior edits' keys join the editor's memory (ridge aggregation)
+            with restoring(model) as keep_originals:
+                for r in prior:
+                    keep_originals(editor.edit(model, tokenizer, [r]))
+                loss, stats, _ = meta_loss(editor, model, tokenizer, batch, config, rng, keep=prior)
+                if not torch.isfinite(loss):
+                    opt.zero_grad(set_to_none=True)
+                    editor.start()
+                    return None
+                (loss / config.grad_accum).backward()  # before restoring: the graph holds the edited weights
+            editor.start()
         for k, v in {"loss": float(loss.detach()), **stats}.items():
             sums[k] = sums.get(k, 0.0) + v / config.grad_accum
     grad_norm = torch.nn.utils.clip_grad_norm_(editor.parameters(), config.max_grad_norm)
@@ -332,32 +397,39 @@ def meta_train(
     val_set, t0, ema, stopped_early = list(val_records)[: config.val_edits], time.perf_counter(), {}, False
     bar = tqdm(range(progress.step, config.steps), desc="meta-train MEND", unit="step", dynamic_ncols=True,
                initial=progress.step, total=config.steps)  # fmt: skip
+    live = _LiveSequence()
     with frozen(model), eval_mode(model), eval_mode(editor, training=True):
-        for step in bar:
-            progress.step = step + 1
-            stats = _train_step(editor, model, tokenizer, train_records, config, rng, opt)
-            if stats is None:
-                progress.skipped += 1
-                log({"step": step + 1, "skipped": True, "reason": "non-finite loss or gradient"})
-            else:
-                ema = {k: v if k not in ema else 0.9 * ema[k] + 0.1 * v for k, v in stats.items()}
-                bar.set_postfix(loss=f"{ema['loss']:.3f}", es=f"{ema['es']:.2f}", loc=f"{ema['loc_acc']:.2f}")
-                if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-                    log(
-                        {
-                            "step": step + 1,
-                            "phase": "meta-train",
-                            **stats,
-                            "seconds": time.perf_counter() - t0,
-                        }
+        try:
+            for step in bar:
+                progress.step = step + 1
+                stats = _train_step(editor, model, tokenizer, train_records, config, rng, opt, live)
+                if stats is None:
+                    progress.skipped += 1
+                    log({"step": step + 1, "skipped": True, "reason": "non-finite loss or gradient"})
+                else:
+                    ema = {k: v if k not in ema else 0.9 * ema[k] + 0.1 * v for k, v in stats.items()}
+                    bar.set_postfix(
+                        loss=f"{ema['loss']:.3f}", es=f"{ema['es']:.2f}", loc=f"{ema['loc_acc']:.2f}"
                     )
-            if val_set and ((step + 1) % config.val_every == 0 or step + 1 == config.steps):
-                _validate(editor, model, tokenizer, val_set, config, progress, out_dir, log)
-                _save_state(state_file, progress, editor, opt, rng)
-            sched.step()
-            if progress.bad_evals >= config.patience:
-                stopped_early = True
-                break
+                    if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                        log(
+                            {
+                                "step": step + 1,
+                                "phase": "meta-train",
+                                **stats,
+                                "seconds": time.perf_counter() - t0,
+                            }
+                        )
+                if val_set and ((step + 1) % config.val_every == 0 or step + 1 == config.steps):
+                    live.reset(model, editor)  # validation starts from the base weights
+                    _validate(editor, model, tokenizer, val_set, config, progress, out_dir, log)
+                    _save_state(state_file, progress, editor, opt, rng)
+                sched.step()
+                if progress.bad_evals >= config.patience:
+                    stopped_early = True
+                    break
+        finally:
+            live.reset(model, editor)
     bar.close()
     if progress.best_val is not None and (out_dir / "editor.safetensors").is_file():
         editor.load_state_dict(MendEditor.from_pretrained(out_dir).state_dict())

@@ -17,7 +17,7 @@ EDIT_STATUS_ACTIVE: EditStatus
 EDIT_STATUS_ROLLED_BACK: EditStatus
 
 class EditRequest(_message.Message):
-    __slots__ = ("prompt", "target", "rephrases", "idempotency_key", "provenance")
+    __slots__ = ("prompt", "target", "rephrases", "idempotency_key", "provenance", "edits")
     class ProvenanceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,28 +30,50 @@ class EditRequest(_message.Message):
     REPHRASES_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    EDITS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     target: str
     rephrases: _containers.RepeatedScalarFieldContainer[str]
     idempotency_key: str
     provenance: _containers.ScalarMap[str, str]
-    def __init__(self, prompt: _Optional[str] = ..., target: _Optional[str] = ..., rephrases: _Optional[_Iterable[str]] = ..., idempotency_key: _Optional[str] = ..., provenance: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    edits: _containers.RepeatedCompositeFieldContainer[EditItem]
+    def __init__(self, prompt: _Optional[str] = ..., target: _Optional[str] = ..., rephrases: _Optional[_Iterable[str]] = ..., idempotency_key: _Optional[str] = ..., provenance: _Optional[_Mapping[str, str]] = ..., edits: _Optional[_Iterable[_Union[EditItem, _Mapping]]] = ...) -> None: ...
+
+class EditItem(_message.Message):
+    __slots__ = ("prompt", "target", "rephrases")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REPHRASES_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    target: str
+    rephrases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, prompt: _Optional[str] = ..., target: _Optional[str] = ..., rephrases: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EditItemResult(_message.Message):
+    __slots__ = ("target_logprob_before", "target_logprob_after")
+    TARGET_LOGPROB_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_LOGPROB_AFTER_FIELD_NUMBER: _ClassVar[int]
+    target_logprob_before: float
+    target_logprob_after: float
+    def __init__(self, target_logprob_before: _Optional[float] = ..., target_logprob_after: _Optional[float] = ...) -> None: ...
 
 class EditReply(_message.Message):
-    __slots__ = ("edit_id", "version", "latency_ms", "target_logprob_before", "target_logprob_after", "replayed")
+    __slots__ = ("edit_id", "version", "latency_ms", "target_logprob_before", "target_logprob_after", "replayed", "items")
     EDIT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     TARGET_LOGPROB_BEFORE_FIELD_NUMBER: _ClassVar[int]
     TARGET_LOGPROB_AFTER_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
     edit_id: str
     version: int
     latency_ms: float
     target_logprob_before: float
     target_logprob_after: float
     replayed: bool
-    def __init__(self, edit_id: _Optional[str] = ..., version: _Optional[int] = ..., latency_ms: _Optional[float] = ..., target_logprob_before: _Optional[float] = ..., target_logprob_after: _Optional[float] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    items: _containers.RepeatedCompositeFieldContainer[EditItemResult]
+    def __init__(self, edit_id: _Optional[str] = ..., version: _Optional[int] = ..., latency_ms: _Optional[float] = ..., target_logprob_before: _Optional[float] = ..., target_logprob_after: _Optional[float] = ..., replayed: _Optional[bool] = ..., items: _Optional[_Iterable[_Union[EditItemResult, _Mapping]]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("prompt", "max_new_tokens", "temperature", "top_p", "seed", "stop")
@@ -126,7 +148,7 @@ class GetEditRequest(_message.Message):
     def __init__(self, edit_id: _Optional[str] = ...) -> None: ...
 
 class EditInfo(_message.Message):
-    __slots__ = ("edit_id", "prompt", "target", "status", "provenance", "created_at", "rolled_back_at", "applied_at_version", "idempotency_key", "rephrases")
+    __slots__ = ("edit_id", "prompt", "target", "status", "provenance", "created_at", "rolled_back_at", "applied_at_version", "idempotency_key", "rephrases", "items")
     class ProvenanceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +166,7 @@ class EditInfo(_message.Message):
     APPLIED_AT_VERSION_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     REPHRASES_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
     edit_id: str
     prompt: str
     target: str
@@ -154,7 +177,8 @@ class EditInfo(_message.Message):
     applied_at_version: int
     idempotency_key: str
     rephrases: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, edit_id: _Optional[str] = ..., prompt: _Optional[str] = ..., target: _Optional[str] = ..., status: _Optional[_Union[EditStatus, str]] = ..., provenance: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[str] = ..., rolled_back_at: _Optional[str] = ..., applied_at_version: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., rephrases: _Optional[_Iterable[str]] = ...) -> None: ...
+    items: _containers.RepeatedCompositeFieldContainer[EditItem]
+    def __init__(self, edit_id: _Optional[str] = ..., prompt: _Optional[str] = ..., target: _Optional[str] = ..., status: _Optional[_Union[EditStatus, str]] = ..., provenance: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[str] = ..., rolled_back_at: _Optional[str] = ..., applied_at_version: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., rephrases: _Optional[_Iterable[str]] = ..., items: _Optional[_Iterable[_Union[EditItem, _Mapping]]] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ("weights_digest",)

@@ -77,7 +77,9 @@ class ModelEditServiceServicer:
     """
 
     def Edit(self, request, context):
-        """Apply one MEND edit. Journaled (fsync) before the reply is sent.
+        """Apply one edit: one correction (prompt, target) or several (edits), solved together and
+        journaled (fsync) as one entry and one version before the reply is sent. One bad correction
+        refuses the whole call, naming it (edits[i]); nothing is applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
