@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from edit_serve import EditClient, SamplingParams, ServeLimits
+from edit_serve import EditClient, EditItem, SamplingParams, ServeLimits
 from edit_serve.backend import LocalBackend
 from edit_serve.front import start_grpc_server
 
@@ -100,7 +100,7 @@ def test_waiting_writers_cannot_starve_open_streams(make_service, tiny_artifacts
         streams = [backend.stream(prompt=prompt, sampling=SamplingParams(max_new_tokens=6)) for _ in range(2)]
         firsts = [await s.__anext__() for s in streams]  # both now hold the read lock
         edits = [
-            asyncio.create_task(backend.call("edit", prompt=p, target=t))
+            asyncio.create_task(backend.call("edit", items=[EditItem(p, t)]))
             for p, t in tiny_artifacts.prompts[:6]
         ]
         await asyncio.sleep(0.2)

@@ -30,6 +30,7 @@ def test_quick_main_job_writes_everything(quick_run):
                 "report.json", "report.png", "metrics.jsonl"):  # fmt: skip
         assert (out / rel).is_file(), rel
     report = json.loads((out / "report.json").read_text())
+    assert list(report["methods"]) == ["LifelongMEND", "MEND", "Ridge", "FT", "FT+KL"]
     for method in ("MEND", "FT", "FT+KL"):
         entry = report["methods"][method]
         for key in ("es_edit", "es_rephrase", "dd_locality", "dd_hard_locality", "edit_latency_ms_median"):
@@ -42,7 +43,14 @@ def test_quick_main_job_writes_everything(quick_run):
     assert editor_cfg["editor"] == report["config"]["mend"]
     assert len(editor_cfg["model"]["weights_hash"]) == 64
     phases = {json.loads(line).get("phase") for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert {"pretrain", "meta-train", "validation"} <= phases
+    assert {"pretrain", "MEND/meta-train", "MEND/validation", "LifelongMEND/validation"} <= phases
+    for method in ("LifelongMEND", "Ridge"):
+        lifelong = report["methods"][method]["lifelong"]
+        assert [p["n_edits"] for p in lifelong["sequential"]] == [1, 3]
+        assert [p["batch_size"] for p in lifelong["batched"]] == [3]
+        assert {"es_edit", "es_rephrase", "dd_locality"} <= set(lifelong["sequential"][-1])
+    assert (out / "lifelong/config.json").is_file()
+    assert json.loads((out / "lifelong/config.json").read_text())["editor"]["aggregation"] == "ridge"
     assert str(out / "report.json") in output
 
 

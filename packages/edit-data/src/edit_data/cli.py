@@ -119,7 +119,8 @@ def _build_iso3166(inputs, out: Path, subdivisions: int, seed: int, n_locality: 
     if inputs:
         raise _fail("iso3166 reads no input files (it is built from the pycountry package)")
     try:
-        w = build_iso3166(subdivisions, seed, n_locality=max(n_locality, 1))
+        n = max(n_locality, 1)
+        w = build_iso3166(subdivisions, seed, n_locality=n, n_neighbourhood=(n + 1) // 2)
     except (ImportError, ValueError) as e:
         raise _fail(str(e)) from None
     save_world(w, out, fractions=fractions, split_seed=seed)

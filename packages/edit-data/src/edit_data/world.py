@@ -389,10 +389,10 @@ def _records(
         locality: list[LocalityExample] = []
         if n_neighbourhood:
             neighbours = [j for j in by_answer[(f.relation, f.object)] if facts[j].subject != f.subject]
-            picked = set(rng.sample(neighbours, min(n_neighbourhood, len(neighbours))))
+            picked = set(rng.sample(neighbours, min(n_neighbourhood, n_locality, len(neighbours))))
             locality = [ask(j) for j in sorted(picked)]
             others = [j for j in others if j not in picked]
-        locality += [ask(j) for j in rng.sample(others, min(n_locality - len(locality), len(others)))]
+        locality += [ask(j) for j in rng.sample(others, max(0, min(n_locality - len(locality), len(others))))]
         same_subject = [j for j in by_subject[f.subject] if j != i]
         same_relation = [j for j in by_relation[f.relation] if j != i]
         hard = [ask(j) for j in rng.sample(same_subject, min(n_hard, len(same_subject)))]

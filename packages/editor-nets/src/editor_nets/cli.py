@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -46,19 +47,27 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue meta-training from OUT/editor/train_state.pt."
     ),
+    world: str = typer.Option(
+        None, help="Built-in data for the default job: synthetic (the default) or iso3166 (real facts)."
+    ),
 ) -> None:
     """Pre-train (default job only), meta-train MEND, evaluate MEND/FT/FT+KL, write the report."""
     from editor_nets.pipeline import JobConfig, load_job_config, quick_config, run_default_job, run_job
 
     try:
         job = load_job_config(config, quick_config() if quick else JobConfig())
+        if world is not None:
+            job = dataclasses.replace(job, world=dataclasses.replace(job.world, name=world))
     except (ValueError, FileNotFoundError) as err:
         raise _fail(str(err)) from None
     if model is None and data is None:
-        run_default_job(out or Path("runs/default"), job, resume=resume)
+        default_out = Path("runs/default") if job.world.name == "synthetic" else Path("runs") / job.world.name
+        run_default_job(out or default_out, job, resume=resume)
         return
     if model is None or data is None:
         raise _fail("--model and --data go together (or pass neither for the built-in main job)")
+    if world is not None:
+        raise _fail("--world picks the built-in data; it does not go with --model/--data")
     from edit_data import load_saved
 
     try:

@@ -291,8 +291,6 @@ class MendEditor(nn.Module):
     ``alpha`` ``[n_targets]`` holds the step sizes (in the targets' order); the training loop puts
     it in its own optimizer parameter group."""
 
-    name = "MEND"
-
     def __init__(self, config: MendConfig, spec: ModelSpec) -> None:
         super().__init__()
         self.config, self.spec = config, spec
@@ -315,6 +313,11 @@ class MendEditor(nn.Module):
             for i, t in enumerate(spec.targets):  # C_0 of each layer, set by set_preserved
                 self.register_buffer(f"preserved_{i}", torch.zeros(spec.shapes[t][1], spec.shapes[t][1]))
             self.start()
+
+    @property
+    def name(self) -> str:
+        """``"MEND"``, or ``"LifelongMEND"`` with ridge aggregation."""
+        return "LifelongMEND" if self.config.aggregation == "ridge" else "MEND"
 
     @property
     def targets(self) -> list[str]:

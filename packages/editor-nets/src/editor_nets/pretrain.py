@@ -70,9 +70,12 @@ def pretrain_causal_lm(
 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
+    enc = tokenizer(list(corpus), add_special_tokens=False)["input_ids"]
+    # the context grows to the longest corpus line when that is longer than n_positions
+    n_positions = max(config.n_positions, max((len(ids) for ids in enc), default=1) + 1)
     gcfg = GPT2Config(
         vocab_size=len(tokenizer),
-        n_positions=config.n_positions,
+        n_positions=n_positions,
         n_embd=config.n_embd,
         n_layer=config.n_layer,
         n_head=config.n_head,
@@ -85,10 +88,6 @@ def pretrain_causal_lm(
         pad_token_id=tokenizer.pad_token_id,
     )
     model = GPT2LMHeadModel(gcfg)
-    enc = tokenizer(list(corpus), add_special_tokens=False)["input_ids"]
-    too_long = [i for i, ids in enumerate(enc) if len(ids) > config.n_positions]
-    if too_long:
-        raise ValueError(f"corpus line {too_long[0]} has more than n_positions={config.n_positions} tokens")
     pad = tokenizer.pad_token_id
     opt = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98)

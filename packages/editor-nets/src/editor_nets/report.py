@@ -134,6 +134,23 @@ def _bars(ax: Any, methods: Mapping[str, Mapping[str, Any]], metrics: Sequence[s
     ax.legend(fontsize=8)
 
 
+def _lifelong(ax: Any, curves: Mapping[str, Mapping[str, Any]], metric: str) -> None:
+    """ES (or DD) after k edits in a row (lines) and after one call with k edits (crosses), log x."""
+    for j, (method, curve) in enumerate(curves.items()):
+        color = f"C{j}"
+        seq = [p for p in curve.get("sequential", []) if p.get(metric) is not None]
+        ax.plot([p["n_edits"] for p in seq], [p[metric] for p in seq], marker="o", color=color, label=method)
+        bat = [p for p in curve.get("batched", []) if p.get(metric) is not None]
+        ax.scatter([p["batch_size"] for p in bat], [p[metric] for p in bat], marker="x", s=60, color=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("edits (lines: one after another; x: in one call)")
+    ax.set_title(
+        "edit success on all edits so far" if metric == "es_edit" else "locality drawdown (lower better)"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot_report(
     results: Mapping[str, Any],
     path: str | os.PathLike,
@@ -150,7 +167,13 @@ def plot_report(
     series = _curve_series(curves) if curves else {}
     losses = {k: v for k, v in series.items() if _is_loss(k)}
     others = {k: v for k, v in series.items() if not _is_loss(k)}
-    panels = ["bars"] + (["sequential"] if sequential else []) + (["losses"] if losses else [])
+    lifelong = {m: v["lifelong"] for m, v in methods.items() if isinstance(v.get("lifelong"), Mapping)}
+    panels = (
+        ["bars"]
+        + (["sequential"] if sequential else [])
+        + (["lifelong ES", "lifelong DD"] if lifelong else [])
+    )
+    panels += ["losses"] if losses else []
     panels += ["others"] if others else []
     fig = Figure(figsize=(5.5 * len(panels), 4.2))
     axes = fig.subplots(1, len(panels), squeeze=False)
@@ -160,6 +183,8 @@ def plot_report(
         elif panel == "sequential":
             n = {v.get("n_edits") for v in sequential.values()}
             _bars(ax, sequential, SEQUENTIAL_METRICS, f"sequential ({'/'.join(map(str, sorted(n)))} edits)")
+        elif panel.startswith("lifelong"):
+            _lifelong(ax, lifelong, "es_edit" if panel.endswith("ES") else "dd_locality")
         else:
             for name, (xs, ys) in (losses if panel == "losses" else others).items():
                 ax.plot(xs, ys, label=name, marker="." if len(xs) < 30 else None)

@@ -125,12 +125,12 @@ def ridge_update(keys: Tensor, values: Tensor, prior: Tensor | None, ridge: Tens
     """The least-squares update of one layer as factors: ``keys`` ``U [n, d_in]``, ``values``
     ``D [n, d_out]``, ``prior`` ``P [d_in, d_in]`` or ``None``, ``ridge`` ``lam`` (a tensor to learn it).
     Differentiable in ``values``, ``prior`` and ``ridge``."""
-    u = keys.float()
+    u = keys.double()  # float64: with a strong prior the system is ill-conditioned (cond ~ 1e7)
     d_in = u.shape[1]
     a = u.T @ u + ridge * torch.eye(d_in, dtype=u.dtype, device=u.device)
     if prior is not None:
-        a = a + prior
-    u_solved = torch.linalg.solve(a, u.T).T  # U A^-1, [n, d_in]
+        a = a + prior.double()
+    u_solved = torch.linalg.solve(a, u.T).T.float()  # U A^-1, [n, d_in]
     return LayerDelta(u_solved, -values.float(), 1.0, keys.detach())
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from editor_nets.delta import EditDelta, LayerDelta, apply_delta, lowrank_edit
+from editor_nets.delta import EditDelta, LayerDelta, applied, apply_delta, lowrank_edit
 from editor_nets.mend import MendEditor, edit_factors
 from editor_nets.scoring import answer_logits, edit_batch, kl_divergence, score_batch
 from editor_nets.state import WeightSnapshot, eval_mode, frozen, restore_weights, restoring
@@ -171,15 +171,14 @@ def validate_editor(
     hits_edit, hits_reph, loc_pre, loc_post = [], [], [], []
     with eval_mode(editor):
         for r in records:
-            batch = edit_batch(model, tokenizer, [r.prompt], [r.target], kind=kind)
-            delta = editor.transform(edit_factors(model, batch, editor.targets, kind=kind))
+            delta = editor.compute_delta(model, tokenizer, [r])  # as edits are made (in steps, with ridge)
             prompts = [r.prompt, *r.rephrases]
             in_batch = edit_batch(model, tokenizer, prompts, [r.target] * len(prompts), kind=kind)
             loc_p, loc_a = [x.prompt for x in r.locality], [x.answer for x in r.locality]
             loc_batch = edit_batch(model, tokenizer, loc_p, loc_a, kind=kind) if loc_p else None
             if loc_batch is not None:
                 loc_pre.append(score_batch(model, loc_batch, kind=kind).exact)
-            with lowrank_edit(model, delta):
+            with applied(model, delta):
                 hit = score_batch(model, in_batch, kind=kind).exact
                 if loc_batch is not None:
                     loc_post.append(score_batch(model, loc_batch, kind=kind).exact)
@@ -395,7 +394,7 @@ def meta_train(
     # last_epoch: a resumed run takes the rate of its next step from this config's schedule
     sched = LambdaLR(opt, _lr_factor(config), last_epoch=progress.step - 1)
     val_set, t0, ema, stopped_early = list(val_records)[: config.val_edits], time.perf_counter(), {}, False
-    bar = tqdm(range(progress.step, config.steps), desc="meta-train MEND", unit="step", dynamic_ncols=True,
+    bar = tqdm(range(progress.step, config.steps), desc=f"meta-train {editor.name}", unit="step", dynamic_ncols=True,
                initial=progress.step, total=config.steps)  # fmt: skip
     live = _LiveSequence()
     with frozen(model), eval_mode(model), eval_mode(editor, training=True):

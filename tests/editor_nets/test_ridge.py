@@ -1,0 +1,141 @@
+"""Least-squares edits: the solve, the protection of earlier keys, the key memory, the
+training-free ridge editor and MEND with ridge aggregation (the lifelong editor)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from world_models import changed, param_state, world_gpt2
+
+from editor_nets import (
+    EditDelta,
+    MendConfig,
+    MendEditor,
+    MetaTrainConfig,
+    meta_train,
+    restore_weights,
+    score_targets,
+)
+from editor_nets.baselines import preserved_texts
+from editor_nets.models import output_projections
+from editor_nets.ridge import KeyMemory, RidgeEditor, preserved_moments, ridge_update
+
+
+def _dense(layer) -> torch.Tensor:
+    return -layer.alpha * layer.delta.double().T @ layer.u.double()
+
+
+def test_ridge_update_is_the_regularised_least_squares_solution():
+    g = torch.Generator().manual_seed(0)
+    keys, values = torch.randn(5, 12, generator=g), torch.randn(5, 7, generator=g)
+    prior = (lambda k: k.T @ k)(torch.randn(20, 12, generator=g))
+    layer = ridge_update(keys, values, prior, 0.1)
+    u, d = keys.double(), values.double()
+    expected = d.T @ u @ torch.linalg.inv(u.T @ u + prior.double() + 0.1 * torch.eye(12, dtype=torch.float64))
+    torch.testing.assert_close(_dense(layer), expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(layer.keys, keys) and layer.u.shape == (5, 12) and layer.delta.shape == (5, 7)
+    # without protection and with a tiny ridge the update reaches the value changes exactly
+    exact = ridge_update(keys, values, None, 1e-8)
+    torch.testing.assert_close((_dense(exact) @ u.T).T, d, rtol=1e-3, atol=1e-4)
+
+
+def test_earlier_keys_in_the_prior_keep_their_outputs():
+    g = torch.Generator().manual_seed(1)
+    earlier = torch.randn(4, 16, generator=g)
+    keys, values = torch.randn(3, 16, generator=g), torch.randn(3, 6, generator=g)
+    free = _dense(ridge_update(keys, values, None, 1e-3))
+    kept = _dense(ridge_update(keys, values, 1e4 * earlier.T @ earlier, 1e-3))
+    assert (kept @ earlier.double().T).norm() < 1e-3 * (free @ earlier.double().T).norm()
+    assert (kept @ keys.double().T).norm() > 0.1 * (free @ keys.double().T).norm()  # the edit still acts
+
+
+def test_key_memory_is_rebuilt_from_stored_keys():
+    g = torch.Generator().manual_seed(2)
+    deltas = [
+        EditDelta(
+            {"l": ridge_update(torch.randn(3, 8, generator=g), torch.randn(3, 4, generator=g), None, 0.1)}
+        )
+        for _ in range(3)
+    ]
+    preserved = {"l": torch.eye(8)}
+    memory = KeyMemory(preserved)
+    for d in deltas:
+        memory = memory.with_edit(d)
+    rebuilt = KeyMemory.of(deltas, preserved)
+    assert memory.n_edits == rebuilt.n_edits == 3 and torch.equal(memory.edits["l"], rebuilt.edits["l"])
+    assert memory.fresh().n_edits == 0 and memory.fresh().preserved is preserved
+    prior = memory.prior("l", 2.0, torch.device("cpu"))
+    torch.testing.assert_close(prior, memory.edits["l"] + 2.0 * torch.eye(8))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return world_gpt2(0)
+
+
+def test_the_ridge_editor_edits_keeps_earlier_edits_and_changes_only_its_layers(trained):
+    model, tok, world = trained
+    records = [
+        r for r in world.records if not bool(score_targets(model, tok, [r.prompt], [r.target]).exact[0])
+    ]
+    targets = output_projections(model)
+    texts = preserved_texts(world.records[40:])
+    # this barely trained model needs a weaker preserved-key weight than the defaults' 3000
+    editor = RidgeEditor(targets, gamma=10.0, memory=KeyMemory(preserved_moments(model, tok, texts, targets)))
+    before = param_state(model)
+    delta = editor.compute_delta(model, tok, records[:1])
+    assert not changed(model, before) and set(delta.layers) == set(targets)
+    snapshots = [editor.edit(model, tok, [r]) for r in records[:3]]
+    assert editor.memory.n_edits == 3
+    assert changed(model, before) <= {f"{t}.weight" for t in targets}
+    hits = score_targets(model, tok, [r.prompt for r in records[:3]], [r.target for r in records[:3]]).exact
+    assert hits.all()  # the third edit did not undo the first two
+    for s in reversed(snapshots):
+        restore_weights(model, s)
+    assert not changed(model, before)
+    editor.start()
+    assert editor.memory.n_edits == 0 and editor.memory.preserved
+
+
+def test_a_fresh_ridge_mend_step_is_one_ridge_step(trained):
+    """With identity networks, one step of MEND with ridge aggregation is one ridge-editor step of
+    size alpha: the learned editor starts from the training-free one."""
+    model, tok, world = trained
+    config = MendConfig(rank=8, alpha_init=0.5, aggregation="ridge", edit_steps=1)
+    editor = MendEditor.for_model(model, config)
+    moments = preserved_moments(model, tok, preserved_texts(world.records[40:]), editor.targets)
+    editor.set_preserved(moments)
+    ridge = RidgeEditor(editor.targets, lr=0.5, ridge=config.ridge_init, gamma=config.gamma_init, max_steps=1,
+                        memory=KeyMemory(moments))  # fmt: skip
+    record = next(
+        r for r in world.records if not bool(score_targets(model, tok, [r.prompt], [r.target]).exact[0])
+    )
+    a, b = editor.compute_delta(model, tok, [record]), ridge.compute_delta(model, tok, [record])
+    for name in editor.targets:  # equal up to float32 rounding of exp(log(gamma)) in an ill-conditioned solve
+        da, db = _dense(a.layers[name]), _dense(b.layers[name])
+        assert (da - db).norm() < 1e-3 * db.norm() and db.norm() > 0
+
+
+def test_ridge_mend_checkpoint_and_live_sequence_training(trained, tmp_path):
+    model, tok, world = trained
+    editor = MendEditor.for_model(
+        model, MendConfig(rank=8, alpha_init=0.5, aggregation="ridge", edit_steps=3)
+    )
+    editor.set_preserved(preserved_moments(model, tok, preserved_texts(world.records[40:]), editor.targets))
+    before = param_state(model)
+    config = MetaTrainConfig(steps=4, grad_accum=2, val_every=4, val_edits=3, val_sequential=3, sequence_length=3,
+                             c_norm=1e-3)  # fmt: skip
+    summary = meta_train(editor, model, tok, world.records[:30], world.records[30:36], config, tmp_path)
+    assert summary["steps"] == 4 and "es_sequential" in summary["best_validation"]
+    assert not changed(model, before) and editor.memory.n_edits == 0  # the live sequence was undone
+    loaded = MendEditor.from_pretrained(tmp_path, model=model)
+    assert loaded.config.aggregation == "ridge" and loaded.config.edit_steps == 3
+    assert torch.equal(loaded.memory.preserved[editor.targets[0]], editor.memory.preserved[editor.targets[0]])
+    random.seed(0)
+    snapshot = loaded.edit(model, tok, world.records[50:51])
+    assert loaded.memory.n_edits == 1 and snapshot
