@@ -1,6 +1,7 @@
 """``edit-serve``: serve a model and its MEND editor over gRPC, with a durable edit journal.
 
-With no arguments it serves ``runs/default/model`` and ``runs/default/editor`` (running the
+With no arguments it serves ``runs/default/model`` with the lifelong editor ``runs/default/lifelong``
+(``--editor runs/default/editor`` picks plain MEND) (running the
 default ``edit-train`` job first when they are missing) on 127.0.0.1:50051 with the journal in
 ``runs/default/journal``.
 """
@@ -60,7 +61,9 @@ def _check_artifacts(model: Path, editor: Path) -> None:
 @app.command()
 def serve(
     model: Path = typer.Option(None, help="HF model directory (default: runs/default/model)"),
-    editor: Path = typer.Option(None, help="MendEditor directory (default: runs/default/editor)"),
+    editor: Path = typer.Option(
+        None, help="MendEditor directory (default: runs/default/lifelong; runs/default/editor is plain MEND)"
+    ),
     journal: Path = typer.Option(None, help="journal directory (default: <model>/../journal)"),
     host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback must be asked for"),
     port: int = typer.Option(50051, min=0, max=65535, help="port (0 = a free one, printed at start)"),
@@ -87,7 +90,7 @@ def serve(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # the sidecar never phones home
 
     if model is None and editor is None:
-        model, editor = DEFAULT_RUN / "model", DEFAULT_RUN / "editor"
+        model, editor = DEFAULT_RUN / "model", DEFAULT_RUN / "lifelong"
         if not (model / "config.json").is_file() or not (editor / "config.json").is_file():
             _run_default_job()
     if model is None or editor is None:

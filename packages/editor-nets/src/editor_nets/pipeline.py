@@ -108,7 +108,7 @@ DEFAULT_MEND = dict(rank=128, alpha_init=0.3)
 # took twice as long. Cosine decay of the learning
 # rates steadies the last few hundred steps, so the validation-selected checkpoint varies less.
 DEFAULT_META = dict(
-    steps=1000, grad_accum=3, c_edit=0.3, c_loc=1.0, hard_locality=False, max_prior_edits=4, val_every=100,
+    steps=600, grad_accum=3, c_edit=0.3, c_loc=1.0, hard_locality=False, max_prior_edits=4, val_every=100,
     patience=6, cosine_decay=True,
 )  # fmt: skip
 
@@ -119,7 +119,7 @@ DEFAULT_META = dict(
 # norm penalty instead of prior-edit practice. Chosen on the validation split of the built-in world.
 DEFAULT_LIFELONG = dict(rank=128, alpha_init=1.0, aggregation="ridge", edit_steps=10, step_scale=0.25)
 DEFAULT_LIFELONG_META = dict(
-    DEFAULT_META, steps=600, max_prior_edits=0, sequence_length=50, n_keep=4, c_norm=1e-3, val_sequential=30
+    DEFAULT_META, steps=500, max_prior_edits=0, sequence_length=50, n_keep=4, c_norm=1e-3, val_sequential=30
 )
 
 
@@ -129,7 +129,7 @@ DEFAULT_LIFELONG_META = dict(
 # fact-specific representations (drawdown over all other subjects' questions 0.054 -> 0.023,
 # sequential ES 0.50 -> 0.70 with the same editor settings; decay 0.1 gave 0.033 / 0.50, decay 1.0
 # a validation drawdown above 0.2).
-DEFAULT_PRETRAIN = dict(max_steps=3000, weight_decay=0.3, target_accuracy=None)
+DEFAULT_PRETRAIN = dict(max_steps=2400, weight_decay=0.3, target_accuracy=None)
 
 
 @dataclass
