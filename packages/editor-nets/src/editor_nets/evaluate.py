@@ -271,6 +271,15 @@ def _timed_edit(
     return snapshot
 
 
+def _given_or_scored(pre, model: nn.Module, tokenizer: Any, records: Sequence[Any], batch_size: int) -> list:
+    """The records' pre-edit scores: ``pre`` when given, computed otherwise."""
+    return (
+        list(pre)
+        if pre is not None
+        else pre_edit_scores(model, tokenizer, records, score_batch_size=batch_size)
+    )
+
+
 def _start(editor: Editor) -> None:
     """A new sequence of edits on the base weights: stateful editors forget earlier edits."""
     if hasattr(editor, "start"):
@@ -300,11 +309,7 @@ def lifelong_curves(
     ``batched``: the first ``b`` records in one call. The model is restored afterwards."""
     name = name or getattr(editor, "name", type(editor).__name__)
     kind = model_kind(model)
-    pre = (
-        list(pre)
-        if pre is not None
-        else pre_edit_scores(model, tokenizer, records, score_batch_size=score_batch_size)
-    )
+    pre = _given_or_scored(pre, model, tokenizer, records, score_batch_size)
     checkpoints = sorted({k for k in checkpoints if 0 < k <= len(records)})
     out: dict[str, list[dict[str, Any]]] = {"sequential": [], "batched": []}
 
@@ -388,11 +393,7 @@ def evaluate_editor(
         raise ValueError("evaluate_editor needs at least one record")
     name = name or getattr(editor, "name", type(editor).__name__)
     kind = model_kind(model)
-    pre = (
-        list(pre)
-        if pre is not None
-        else pre_edit_scores(model, tokenizer, records, score_batch_size=score_batch_size)
-    )
+    pre = _given_or_scored(pre, model, tokenizer, records, score_batch_size)
     if len(pre) != len(records):
         raise ValueError(f"{len(pre)} pre-edit scores for {len(records)} records")
     reference = _digests(model) if verify_restore else None
