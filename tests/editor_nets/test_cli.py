@@ -49,6 +49,7 @@ def test_quick_main_job_writes_everything(quick_run):
         assert [p["n_edits"] for p in lifelong["sequential"]] == [1, 3]
         assert [p["batch_size"] for p in lifelong["batched"]] == [3]
         assert {"es_edit", "es_rephrase", "dd_locality"} <= set(lifelong["sequential"][-1])
+        assert lifelong["seconds"] > 0.0
     assert (out / "lifelong/config.json").is_file()
     assert json.loads((out / "lifelong/config.json").read_text())["editor"]["aggregation"] == "ridge"
     assert str(out / "report.json") in output

@@ -183,6 +183,9 @@ def test_editor_that_does_nothing_scores_zero(trained, records):
     assert editor.calls == 12 + 3 + 12  # single, batched (12 / 4), sequential
     assert m["edit_latency_ms_p90"] >= m["edit_latency_ms_median"] >= 0.0
     assert m["editor_params"] == 0
+    # a mode's wall time covers its edits: at least the twelve single edits' median
+    assert m["seconds"] >= 6 * m["edit_latency_ms_median"] / 1000.0 and m["seconds"] > 0.0
+    assert m["batched"]["seconds"] > 0.0 and m["sequential"]["seconds"] > 0.0
 
 
 def test_noise_editor_shows_drawdown_and_is_restored(trained, records):

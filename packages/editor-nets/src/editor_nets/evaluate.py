@@ -35,7 +35,8 @@ Definitions (the MEND paper's, teacher-forced):
   ``batched`` applies one update for ``batch_size`` records; ``sequential`` applies
   ``n_sequential`` edits one after another, then scores all of them, then restores.
 * Latency: wall time of ``editor.edit`` per edit (a batched edit's time is divided by its
-  size), median and 90th percentile in milliseconds.
+  size), median and 90th percentile in milliseconds. ``seconds`` is the wall time of a whole
+  mode (edits, scoring and restores), and of ``lifelong`` as a whole: what the evaluation costs.
 """
 
 from __future__ import annotations
@@ -308,10 +309,11 @@ def lifelong_curves(
     edits so far (edit prompts and rephrasings) and DD over all their locality prompts.
     ``batched``: the first ``b`` records in one call. The model is restored afterwards."""
     name = name or getattr(editor, "name", type(editor).__name__)
+    started = time.perf_counter()
     kind = model_kind(model)
     pre = _given_or_scored(pre, model, tokenizer, records, score_batch_size)
     checkpoints = sorted({k for k in checkpoints if 0 < k <= len(records)})
-    out: dict[str, list[dict[str, Any]]] = {"sequential": [], "batched": []}
+    out: dict[str, Any] = {"sequential": [], "batched": []}
 
     def scored(k: int, tally: _Tally) -> dict[str, Any]:
         after = score_records(model, tokenizer, records[:k], kind=kind, batch_size=score_batch_size)
@@ -340,6 +342,7 @@ def lifelong_curves(
                 keep(_timed_edit(editor, model, tokenizer, list(records[:b]), tally, on_edit_error))
                 out["batched"].append({"batch_size": b, **scored(b, tally)})
     _start(editor)
+    out["seconds"] = time.perf_counter() - started
     return out
 
 
@@ -392,6 +395,7 @@ def evaluate_editor(
     if not records:
         raise ValueError("evaluate_editor needs at least one record")
     name = name or getattr(editor, "name", type(editor).__name__)
+    started = time.perf_counter()
     kind = model_kind(model)
     pre = _given_or_scored(pre, model, tokenizer, records, score_batch_size)
     if len(pre) != len(records):
@@ -440,6 +444,7 @@ def evaluate_editor(
         out["n_runs"] = len(runs)
         out["es"] = out["es_edit"]
     out.update(editor_size(editor))
+    out["seconds"] = time.perf_counter() - started
     return out
 
 
