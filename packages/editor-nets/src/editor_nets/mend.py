@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from editor_nets.delta import EditDelta, LayerDelta, apply_delta
 from editor_nets.models import default_targets, model_kind, output_projections
-from editor_nets.ridge import KeyMemory, ridge_update, stepwise_edit
+from editor_nets.ridge import KeyMemory, RidgeSystem, stepwise_edit
 from editor_nets.scoring import edit_batch, target_nll
 from editor_nets.state import WeightSnapshot, eval_mode, weights_digest
 from graddecomp import Factors, capture, layer_shape, resolve_targets
@@ -346,12 +346,19 @@ class MendEditor(nn.Module):
         if self.config.aggregation == "ridge":
             self.memory = KeyMemory({t: getattr(self, f"preserved_{i}") for i, t in enumerate(self.targets)})
 
-    def transform(self, factors: dict[str, Factors], memory: KeyMemory | None = None) -> EditDelta:
+    def transform(
+        self,
+        factors: dict[str, Factors],
+        memory: KeyMemory | None = None,
+        systems: dict[str, RidgeSystem] | None = None,
+    ) -> EditDelta:
         """Map captured factors (``u [n, d_in]``, ``delta [n, d_out]`` per layer) to the edit,
         differentiable in the editor's parameters (``alpha`` stays a tensor). With ridge
-        aggregation the update is solved against ``memory`` (default ``self.memory``). In training
-        mode the normalisers update."""
+        aggregation the update is solved against ``memory`` (default ``self.memory``); ``systems``,
+        when given, caches each layer's factored :class:`~editor_nets.ridge.RidgeSystem` across
+        calls (the steps of one edit). In training mode the normalisers update."""
         memory = self.memory if memory is None else memory
+        systems = {} if systems is None else systems
         layers = {}
         for i, name in enumerate(self.targets):
             u, delta = (t.to(self.alpha.device, torch.float32) for t in factors[name])
@@ -359,8 +366,10 @@ class MendEditor(nn.Module):
             if self.config.aggregation == "sum":
                 layers[name] = LayerDelta(u_t, d_t, self.alpha[i])
             else:
-                prior = memory.prior(name, self.log_gamma[i].exp(), u.device)
-                layers[name] = ridge_update(u, -self.alpha[i] * d_t, prior, self.log_ridge[i].exp())
+                if name not in systems:
+                    prior = memory.prior(name, self.log_gamma[i].exp(), u.device)
+                    systems[name] = RidgeSystem.of(prior, self.log_ridge[i].exp(), u.shape[1], u.device)
+                layers[name] = systems[name].update(u, -self.alpha[i] * d_t)
         return EditDelta(layers)
 
     def check_fits(self, model: nn.Module) -> None:
@@ -404,12 +413,13 @@ class MendEditor(nn.Module):
         provenance = {"editor": self.name, "base_model": self.spec.base_model, "records": records_json}
         memory = self.memory if memory is None else memory
         if self.config.aggregation == "ridge":
+            systems: dict[str, RidgeSystem] = {}  # the memory is fixed during one edit: factor it once
             return stepwise_edit(
                 model,
                 tokenizer,
                 records,
                 self.targets,
-                lambda f: self._step(f, memory),
+                lambda f: self._step(f, memory, systems),
                 self.config.edit_steps,
                 provenance,
             )
@@ -422,11 +432,13 @@ class MendEditor(nn.Module):
         )
 
     @torch.no_grad()
-    def _step(self, factors: dict[str, Factors], memory: KeyMemory) -> EditDelta:
+    def _step(
+        self, factors: dict[str, Factors], memory: KeyMemory, systems: dict[str, RidgeSystem] | None = None
+    ) -> EditDelta:
         """The editor's update for ``factors``, detached, in eval mode (``step_scale`` of it with ridge)."""
         scale = self.config.step_scale if self.config.aggregation == "ridge" else 1.0
         with eval_mode(self):
-            mapped = self.transform(factors, memory)
+            mapped = self.transform(factors, memory, systems)
         return EditDelta(
             {
                 n: LayerDelta(x.u, x.delta * scale, float(torch.as_tensor(x.alpha)), x.keys)

@@ -32,7 +32,7 @@ from editor_nets.scoring import edit_batch, score_batch
 from editor_nets.state import WeightSnapshot, restoring
 from graddecomp import Factors, resolve_targets
 
-__all__ = ["KeyMemory", "RidgeEditor", "preserved_moments", "ridge_update"]
+__all__ = ["KeyMemory", "RidgeEditor", "RidgeSystem", "preserved_moments", "ridge_update"]
 
 
 @torch.no_grad()
@@ -121,17 +121,37 @@ class KeyMemory:
         return sum(parts[1:], parts[0]) if parts else None
 
 
+@dataclass(frozen=True)
+class RidgeSystem:
+    """``B = P + lam I`` of one layer, LU-factored once, for the many solves of a stepwise edit.
+    float64 and LU rather than Cholesky: with a strong prior ``B`` is ill-conditioned (cond ~ 1e7)
+    and a float32 ``P`` may round to slightly indefinite. Differentiable in ``P`` and ``lam``
+    (meta-training learns ``lam`` and ``gamma`` through it)."""
+
+    lu: Tensor  # [d_in, d_in], torch.linalg.lu_factor of B
+    pivots: Tensor  # [d_in]
+
+    @classmethod
+    def of(cls, prior: Tensor | None, ridge: Tensor | float, d_in: int, device: torch.device) -> RidgeSystem:
+        eye = torch.eye(d_in, dtype=torch.float64, device=device)
+        b = ridge * eye if prior is None else prior.double() + ridge * eye
+        return cls(*torch.linalg.lu_factor(b))
+
+    def update(self, keys: Tensor, values: Tensor) -> LayerDelta:
+        """The update for ``keys`` ``U [n, d_in]`` and ``values`` ``D [n, d_out]`` as factors, with
+        ``U (U^T U + B)^-1 = M^-1 U B^-1`` (Woodbury; ``M = I + U B^-1 U^T`` is only ``[n, n]``)."""
+        u = keys.double()
+        b_inv_ut = torch.linalg.lu_solve(self.lu, self.pivots, u.T)  # B^-1 U^T, [d_in, n]
+        m = torch.eye(u.shape[0], dtype=u.dtype, device=u.device) + u @ b_inv_ut
+        u_solved = torch.linalg.solve(m, b_inv_ut.T).float()  # U A^-1 (A, M symmetric), [n, d_in]
+        return LayerDelta(u_solved, -values.float(), 1.0, keys.detach())
+
+
 def ridge_update(keys: Tensor, values: Tensor, prior: Tensor | None, ridge: Tensor | float) -> LayerDelta:
     """The least-squares update of one layer as factors: ``keys`` ``U [n, d_in]``, ``values``
     ``D [n, d_out]``, ``prior`` ``P [d_in, d_in]`` or ``None``, ``ridge`` ``lam`` (a tensor to learn it).
-    Differentiable in ``values``, ``prior`` and ``ridge``."""
-    u = keys.double()  # float64: with a strong prior the system is ill-conditioned (cond ~ 1e7)
-    d_in = u.shape[1]
-    a = u.T @ u + ridge * torch.eye(d_in, dtype=u.dtype, device=u.device)
-    if prior is not None:
-        a = a + prior.double()
-    u_solved = torch.linalg.solve(a, u.T).T.float()  # U A^-1, [n, d_in]
-    return LayerDelta(u_solved, -values.float(), 1.0, keys.detach())
+    Differentiable in ``values``, ``prior`` and ``ridge``. One solve; :class:`RidgeSystem` for many."""
+    return RidgeSystem.of(prior, ridge, keys.shape[1], keys.device).update(keys, values)
 
 
 def stepwise_edit(
@@ -202,13 +222,13 @@ class RidgeEditor:
             )
         )
 
+        systems: dict[str, RidgeSystem] = {}  # the memory is fixed during one edit: factor it once
+
         def step(factors: dict[str, Any]) -> EditDelta:
-            return EditDelta(
-                {
-                    n: ridge_update(u, -self.lr * d, memory.prior(n, self.gamma, u.device), self.ridge)
-                    for n, (u, d) in factors.items()
-                }
-            )
+            for n, (u, _) in factors.items():
+                if n not in systems:
+                    systems[n] = RidgeSystem.of(memory.prior(n, self.gamma, u.device), self.ridge, u.shape[1], u.device)  # fmt: skip
+            return EditDelta({n: systems[n].update(u, -self.lr * d) for n, (u, d) in factors.items()})
 
         return stepwise_edit(model, tokenizer, records, targets, step, self.max_steps, {"editor": self.name})
 
