@@ -23,7 +23,7 @@ from editor_nets import (
 )
 from editor_nets.baselines import preserved_texts
 from editor_nets.models import output_projections
-from editor_nets.ridge import KeyMemory, RidgeEditor, preserved_moments, ridge_update
+from editor_nets.ridge import KeyMemory, RidgeEditor, RidgeSystem, preserved_moments, ridge_update
 
 
 def _dense(layer) -> torch.Tensor:
@@ -42,6 +42,24 @@ def test_ridge_update_is_the_regularised_least_squares_solution():
     # without protection and with a tiny ridge the update reaches the value changes exactly
     exact = ridge_update(keys, values, None, 1e-8)
     torch.testing.assert_close((_dense(exact) @ u.T).T, d, rtol=1e-3, atol=1e-4)
+
+
+def test_a_factored_system_gives_the_direct_solve_for_every_step():
+    g = torch.Generator().manual_seed(3)
+    corpus = torch.randn(40, 32, generator=g)
+    prior = 3000.0 * corpus.T @ corpus / 40  # strong and ill-conditioned, as C_0 is
+    system = RidgeSystem.of(prior, 1e-2, 32, torch.device("cpu"))
+    for _ in range(3):  # the steps of one edit: new keys, the same prior
+        keys, values = torch.randn(4, 32, generator=g), torch.randn(4, 6, generator=g)
+        direct, factored = ridge_update(keys, values, prior, 1e-2), system.update(keys, values)
+        torch.testing.assert_close(factored.u, direct.u, rtol=1e-5, atol=1e-7)
+        assert torch.equal(factored.delta, direct.delta) and torch.equal(factored.keys, keys)
+    # without a prior, too
+    keys, values = torch.randn(4, 32, generator=g), torch.randn(4, 6, generator=g)
+    torch.testing.assert_close(
+        RidgeSystem.of(None, 0.1, 32, keys.device).update(keys, values).u,
+        ridge_update(keys, values, None, 0.1).u,
+    )
 
 
 def test_earlier_keys_in_the_prior_keep_their_outputs():

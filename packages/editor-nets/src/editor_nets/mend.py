@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from editor_nets.delta import EditDelta, LayerDelta, apply_delta
 from editor_nets.models import default_targets, model_kind, output_projections
-from editor_nets.ridge import KeyMemory, RidgeSystem, stepwise_edit
+from editor_nets.ridge import KeyMemory, RidgeSystem, ridge_update, stepwise_edit
 from editor_nets.scoring import edit_batch, target_nll
 from editor_nets.state import WeightSnapshot, eval_mode, weights_digest
 from graddecomp import Factors, capture, layer_shape, resolve_targets
@@ -124,9 +124,11 @@ class ModelSpec:
         base_model: str = "",
         *,
         outputs: bool = False,
+        digest: bool = True,
     ) -> ModelSpec:
         """The spec of ``model`` for ``targets`` (default: ``default_targets``, or with ``outputs``
-        the MLP output projections)."""
+        the MLP output projections); ``digest=False`` leaves ``weights_hash`` empty (a model on the
+        meta device has no weights to hash)."""
         if targets is None:
             targets = output_projections(model) if outputs else default_targets(model)
         names = list(resolve_targets(model, list(targets)))
@@ -137,7 +139,7 @@ class ModelSpec:
             model_type=getattr(model.config, "model_type", ""),
             architecture=type(model).__name__,
             base_model=base_model or getattr(model.config, "_name_or_path", "") or "",
-            weights_hash=_edited_digest(model, names),
+            weights_hash=_edited_digest(model, names) if digest else "",
         )
 
 
@@ -173,10 +175,11 @@ class RunningNorm(nn.Module):
         self.count.fill_(total)
 
     def stats(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        if self.count < 2:
-            return torch.zeros_like(self.mean, dtype=dtype), torch.ones_like(self.mean, dtype=dtype)
-        std = (self.m2 / (self.count - 1)).sqrt() + self.eps
-        return self.mean.to(dtype), std.to(dtype)
+        """``(mean, std)``, both ``[w]``; branch-free, so it also runs on the meta device (``edit-plan``)."""
+        seen = self.count >= 2
+        std = torch.where(seen, (self.m2 / (self.count - 1).clamp_min(1)).sqrt() + self.eps, 1.0)
+        mean = torch.where(seen, self.mean, 0.0)
+        return mean.to(dtype), std.to(dtype)
 
 
 class ResidualLowRank(nn.Module):
@@ -358,7 +361,6 @@ class MendEditor(nn.Module):
         when given, caches each layer's factored :class:`~editor_nets.ridge.RidgeSystem` across
         calls (the steps of one edit). In training mode the normalisers update."""
         memory = self.memory if memory is None else memory
-        systems = {} if systems is None else systems
         layers = {}
         for i, name in enumerate(self.targets):
             u, delta = (t.to(self.alpha.device, torch.float32) for t in factors[name])
@@ -366,10 +368,15 @@ class MendEditor(nn.Module):
             if self.config.aggregation == "sum":
                 layers[name] = LayerDelta(u_t, d_t, self.alpha[i])
             else:
-                if name not in systems:
-                    prior = memory.prior(name, self.log_gamma[i].exp(), u.device)
-                    systems[name] = RidgeSystem.of(prior, self.log_ridge[i].exp(), u.shape[1], u.device)
-                layers[name] = systems[name].update(u, -self.alpha[i] * d_t)
+                ridge, values = self.log_ridge[i].exp(), -self.alpha[i] * d_t
+                gamma = self.log_gamma[i].exp()
+                if systems is None:  # one differentiable solve (meta-training)
+                    layers[name] = ridge_update(u, values, memory.prior(name, gamma, u.device), ridge)
+                else:
+                    if name not in systems:
+                        prior = memory.prior(name, gamma, u.device)
+                        systems[name] = RidgeSystem.of(prior, ridge, u.shape[1], u.device)
+                    layers[name] = systems[name].update(u, values)
         return EditDelta(layers)
 
     def check_fits(self, model: nn.Module) -> None:

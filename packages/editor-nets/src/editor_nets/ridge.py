@@ -123,10 +123,11 @@ class KeyMemory:
 
 @dataclass(frozen=True)
 class RidgeSystem:
-    """``B = P + lam I`` of one layer, LU-factored once, for the many solves of a stepwise edit.
-    float64 and LU rather than Cholesky: with a strong prior ``B`` is ill-conditioned (cond ~ 1e7)
-    and a float32 ``P`` may round to slightly indefinite. Differentiable in ``P`` and ``lam``
-    (meta-training learns ``lam`` and ``gamma`` through it)."""
+    """``B = P + lam I`` of one layer, LU-factored once, for the many solves of a stepwise edit:
+    each step's :meth:`update` equals :func:`ridge_update` (to float32 rounding) at the cost of an
+    ``[n, n]`` solve instead of a ``[d_in, d_in]`` one. float64 and LU rather than Cholesky: with a
+    strong prior ``B`` is ill-conditioned (cond ~ 1e7) and a float32 ``P`` may round to slightly
+    indefinite."""
 
     lu: Tensor  # [d_in, d_in], torch.linalg.lu_factor of B
     pivots: Tensor  # [d_in]
@@ -150,8 +151,16 @@ class RidgeSystem:
 def ridge_update(keys: Tensor, values: Tensor, prior: Tensor | None, ridge: Tensor | float) -> LayerDelta:
     """The least-squares update of one layer as factors: ``keys`` ``U [n, d_in]``, ``values``
     ``D [n, d_out]``, ``prior`` ``P [d_in, d_in]`` or ``None``, ``ridge`` ``lam`` (a tensor to learn it).
-    Differentiable in ``values``, ``prior`` and ``ridge``. One solve; :class:`RidgeSystem` for many."""
-    return RidgeSystem.of(prior, ridge, keys.shape[1], keys.device).update(keys, values)
+    Differentiable in ``values``, ``prior`` and ``ridge``: meta-training back-propagates through
+    this one direct solve (cheaper to differentiate than :class:`RidgeSystem`'s factorisation,
+    which serves the many solves of one edit)."""
+    u = keys.double()  # float64: with a strong prior the system is ill-conditioned (cond ~ 1e7)
+    d_in = u.shape[1]
+    a = u.T @ u + ridge * torch.eye(d_in, dtype=u.dtype, device=u.device)
+    if prior is not None:
+        a = a + prior.double()
+    u_solved = torch.linalg.solve(a, u.T).T.float()  # U A^-1, [n, d_in]
+    return LayerDelta(u_solved, -values.float(), 1.0, keys.detach())
 
 
 def stepwise_edit(
