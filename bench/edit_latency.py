@@ -321,70 +321,10 @@ def dense_edit(model: nn.Module, delta):
             model.get_submodule(name)._parameters["weight"] = weight
 
 
-class TensorPeak:
-    """Peak bytes of tensor storage allocated while active (a ``TorchDispatchMode``): every op
-    output that does not reuse an input's storage is counted until its storage is freed.
-    Tensors that existed before (weights, gradient buffers) are not counted."""
-
-    def __init__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        tracker = self
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                tracker._record(args, kwargs, out)
-                return out
-
-        self.mode = _Mode()
-        self.live: dict[int, tuple[object, int]] = {}
-        self.current = 0
-        self.peak = 0
-
-    def _record(self, args, kwargs, out) -> None:
-        from torch.multiprocessing.reductions import StorageWeakRef
-        from torch.utils._pytree import tree_flatten
-
-        for ptr, (ref, nbytes) in list(self.live.items()):
-            if ref.expired():
-                del self.live[ptr]
-                self.current -= nbytes
-        inputs = {
-            t.untyped_storage().data_ptr()
-            for t in tree_flatten((args, kwargs))[0]
-            if isinstance(t, torch.Tensor)
-        }
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
-                continue
-            storage = t.untyped_storage()
-            ptr = storage.data_ptr()
-            if ptr in inputs or ptr in self.live or storage.nbytes() == 0:
-                continue
-            self.live[ptr] = (StorageWeakRef(storage), storage.nbytes())
-            self.current += storage.nbytes()
-            self.peak = max(self.peak, self.current)
-
-    def __enter__(self) -> TensorPeak:
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.mode.__exit__(*exc)
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_child(variant: str, seed: int = 0) -> dict:
     """One meta-training step's peak memory above the pre-step resident size (run in a fresh process)."""
     from editor_nets import EditDelta, LayerDelta, MendEditor, MetaTrainConfig, lowrank_edit, meta_loss
+    from editor_nets.plan import ResidentPeak, TensorPeak
 
     world, tok = _world(seed=seed)
     model = gpt2_small(seed)
@@ -402,17 +342,10 @@ def memory_child(variant: str, seed: int = 0) -> dict:
     step(world.records[:1])  # warm-up: lazy initialisation, editor grads allocated
     editor.zero_grad(set_to_none=False)  # keep the grad buffers: both variants need them alike
     gc.collect()
-    base = _rss_kib("VmRSS")
-    reset = True
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the VmHWM high-water mark
-    except OSError:
-        reset = False
-    start = time.perf_counter()
-    step(world.records[1:2])
-    seconds = time.perf_counter() - start
-    peak = _rss_kib("VmHWM")
+    with ResidentPeak() as rss:
+        start = time.perf_counter()
+        step(world.records[1:2])
+        seconds = time.perf_counter() - start
     editor.zero_grad(set_to_none=False)
     with TensorPeak() as tensors:  # the same step again, counting tensor storage exactly
         step(world.records[1:2])
@@ -432,9 +365,9 @@ def memory_child(variant: str, seed: int = 0) -> dict:
         "variant": variant,
         "tensor_peak_mib": tensors.peak / 2**20,
         "tensor_peak_without_editor_backward_mib": model_part.peak / 2**20,
-        "rss_peak_above_base_mib": (peak - base) / 1024,  # allocator-dependent, for reference
-        "base_rss_mib": base / 1024,
-        "hwm_reset": reset,
+        "rss_peak_above_base_mib": rss.above / 2**20,  # allocator-dependent, for reference
+        "base_rss_mib": rss.base / 2**20,
+        "hwm_reset": rss.reset,
         "step_seconds": seconds,
         "editor_params": editor.n_parameters(),
     }

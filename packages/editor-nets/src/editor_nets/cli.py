@@ -7,6 +7,9 @@
   any registered editors beside it (single, batched, sequential).
 * ``edit-apply --editor DIR --prompt ... --target ... [--rephrase ...]`` makes one edit and prints
   the model's answers before and after.
+* ``edit-plan --model CONFIG_OR_DIR [--dtype bf16] [--targets ...] [--rank ...]`` prints the memory
+  that editing, meta-training and serving the model need on 1, 2, 4 and 8 GPUs, without loading
+  any weights (``editor_nets.plan``).
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ import typer
 
 from editor_nets.models import load_model
 
-__all__ = ["apply_app", "eval_app", "train_app"]
+__all__ = ["apply_app", "eval_app", "plan_app", "train_app"]
 
 train_app = typer.Typer(
     add_completion=False, help="Meta-train a MEND editor (no arguments: the built-in main job)."
 )
 eval_app = typer.Typer(add_completion=False, help="Evaluate a trained MEND editor on held-out edits.")
 apply_app = typer.Typer(add_completion=False, help="Make one edit and print the answers before and after.")
+plan_app = typer.Typer(
+    add_completion=False, help="Memory needed to edit, meta-train and serve a model (no weights loaded)."
+)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -194,3 +200,32 @@ def apply(
         net.save_pretrained(save_model)
         tokenizer.save_pretrained(save_model)
         typer.echo(f"edited model written to {save_model}")
+
+
+@plan_app.command()
+def plan(
+    model: str = typer.Option(
+        ...,
+        help="A bundled config (llama-2-7b, llama-2-13b, llama-3-8b, gpt-j-6b, t5-xxl), a config.json or a model directory.",
+    ),
+    dtype: str = typer.Option("bf16", help="Weights' dtype: fp32, bf16 or fp16."),
+    targets: str = typer.Option(
+        None, help="Comma-separated edited layers or globs (default: the MLPs of the last blocks)."
+    ),
+    rank: int = typer.Option(1920, help="Editor rank (the paper's 1920)."),
+    seq_len: int = typer.Option(32, help="Tokens per prompt."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the plan as JSON here."),
+) -> None:
+    """Build the model on the meta device and trace one edit, one meta-training step and one
+    generation's forward; print the memory per GPU for 1, 2, 4 and 8 GPUs."""
+    from editor_nets.plan import format_plan, memory_plan
+
+    try:
+        result = memory_plan(
+            model, dtype=dtype, targets=targets.split(",") if targets else None, rank=rank, seq_len=seq_len
+        )
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        raise _fail(str(err)) from err
+    typer.echo(format_plan(result))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2))

@@ -208,17 +208,33 @@ def apply_delta(model: nn.Module, delta: EditDelta, *, max_norm: float | None = 
         raise ValueError(
             f"edit norm {delta.norm():.4g} exceeds the bound {max_norm:.4g}; nothing was changed"
         )
-    updates = {}
-    for name, module in modules.items():
-        layer, w = delta.layers[name], module.weight
-        factors = Factors(*(t.detach().to(w.device, _compute_dtype(w)) for t in (layer.u, layer.delta)))
-        updates[name] = weight_grad(module, factors).mul_(-float(layer.alpha))
+    return write_delta(modules, delta)
+
+
+def write_delta(modules: dict[str, nn.Module], delta: EditDelta) -> WeightSnapshot:
+    """The unchecked part of :func:`apply_delta` (``modules`` by layer name, as ``_check_fits``
+    returns them): one layer at a time, so only one dense ``d_out x d_in`` update (fp32 for
+    half-precision weights) exists at once. Should a layer fail, those already written are put
+    back before the error propagates. Returns the snapshot of the touched weights."""
     snapshot: WeightSnapshot = {}
-    with torch.no_grad():
-        for name, module in modules.items():
-            w = module.weight
-            snapshot[f"{name}.weight"] = w.detach().clone()
-            w.copy_((w.to(_compute_dtype(w)) + updates[name]).to(w.dtype))
+    try:
+        with torch.no_grad():
+            for name, module in modules.items():
+                layer, w = delta.layers[name], module.weight
+                factors = Factors(
+                    *(t.detach().to(w.device, _compute_dtype(w)) for t in (layer.u, layer.delta))
+                )
+                alpha = torch.as_tensor(layer.alpha, dtype=_compute_dtype(w), device=w.device).detach()
+                update = weight_grad(module, factors).mul_(-alpha)
+                snapshot[f"{name}.weight"] = w.detach().clone()
+                w.copy_((w.to(_compute_dtype(w)) + update).to(w.dtype))
+                del update
+    except BaseException:
+        with torch.no_grad():
+            for name, module in modules.items():
+                if f"{name}.weight" in snapshot:
+                    module.weight.copy_(snapshot[f"{name}.weight"])
+        raise
     return snapshot
 
 

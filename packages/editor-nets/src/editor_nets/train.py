@@ -121,7 +121,8 @@ def meta_loss(
     ``keep`` are earlier edits already applied to ``model`` (sequential editing): their prompts join
     the locality prompts, so the new edit must keep them answering their new targets.
     ``edit_forward(model, delta)`` runs the edited model (default ``lowrank_edit``; benchmarks pass
-    a dense variant to compare memory). Returns ``(loss, stats, delta)``: ``stats`` holds ``nll``,
+    a dense variant to compare memory). Returns ``(loss, stats, delta)``: ``stats`` holds (as
+    detached 0-d tensors, so that ``edit-plan`` can trace it on the meta device) ``nll``,
     ``kl``, ``es`` (in-scope exact match), ``loc_acc`` (post-edit agreement with the pre-edit argmax)
     and ``norm`` (of the update); ``delta`` is the edit (differentiable)."""
     kind = editor.spec.kind
@@ -148,8 +149,8 @@ def meta_loss(
     squared_norm = delta.squared_norm()
     if config.c_norm:
         loss = loss + config.c_norm * squared_norm
-    stats = {"nll": float(nll.detach()), "kl": float(kl.detach()), "es": float(es), "loc_acc": float(loc_acc)}
-    return loss, {**stats, "norm": float(squared_norm.detach()) ** 0.5}, delta
+    stats = {"nll": nll, "kl": kl, "es": es, "loc_acc": loc_acc, "norm": squared_norm.sqrt()}
+    return loss, {k: v.detach() for k, v in stats.items()}, delta
 
 
 @torch.no_grad()
@@ -329,8 +330,8 @@ def _train_step(
                     return None
                 (loss / config.grad_accum).backward()  # before restoring: the graph holds the edited weights
             editor.start()
-        for k, v in {"loss": float(loss.detach()), **stats}.items():
-            sums[k] = sums.get(k, 0.0) + v / config.grad_accum
+        for k, v in {"loss": loss, **stats}.items():
+            sums[k] = sums.get(k, 0.0) + float(v) / config.grad_accum
     grad_norm = torch.nn.utils.clip_grad_norm_(editor.parameters(), config.max_grad_norm)
     if not torch.isfinite(grad_norm):
         opt.zero_grad(set_to_none=True)
