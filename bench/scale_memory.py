@@ -77,6 +77,18 @@ def _random_model(source, dtype: torch.dtype, n_layers: int | None = None):
     return model.eval().requires_grad_(False)
 
 
+def _fixed_mmap_threshold() -> None:
+    """Make glibc serve every block above 64 KiB by ``mmap`` and give it back on free. By default
+    the threshold grows after large frees, so freed tensors stay resident and a later peak reuses
+    them unseen (a meta-training step's gradients were missed that way: 0.9 GiB)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        print("[bench] could not fix glibc's mmap threshold; peaks may be under-read", flush=True)
+
+
 def _measure(fn) -> dict:
     """Peak resident bytes above the level before ``fn`` and its wall time (after one warm-up)."""
     from editor_nets.plan import ResidentPeak
@@ -243,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a tiny Llama (a smoke run)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale_memory.json")
     args = parser.parse_args(argv)
+    _fixed_mmap_threshold()
     source = args.model
     if args.quick:
         source = args.out.with_suffix(".quick-config.json")

@@ -224,8 +224,7 @@ def write_delta(modules: dict[str, nn.Module], delta: EditDelta) -> WeightSnapsh
                 factors = Factors(
                     *(t.detach().to(w.device, _compute_dtype(w)) for t in (layer.u, layer.delta))
                 )
-                alpha = torch.as_tensor(layer.alpha, dtype=_compute_dtype(w), device=w.device).detach()
-                update = weight_grad(module, factors).mul_(-alpha)
+                update = weight_grad(module, factors).mul_(-float(layer.alpha))
                 snapshot[f"{name}.weight"] = w.detach().clone()
                 w.copy_((w.to(_compute_dtype(w)) + update).to(w.dtype))
                 del update

@@ -268,7 +268,7 @@ def memory_plan(
     with answers of ``target_len`` tokens, and meta-training with ``MetaTrainConfig``'s defaults
     (one edit per step, its prompt and 3 rephrasings in scope, 3 locality prompts)."""
     from edit_data import train_tokenizer
-    from editor_nets.delta import write_delta
+    from editor_nets.delta import EditDelta, LayerDelta, write_delta
     from editor_nets.mend import MendConfig, MendEditor, ModelSpec, edit_factors
     from editor_nets.scoring import edit_batch
     from editor_nets.train import MetaTrainConfig, meta_loss
@@ -292,6 +292,8 @@ def memory_plan(
     with _full_masks(), TensorPeak() as edit, torch.no_grad():
         batch = edit_batch(model, tokenizer, [records[0].prompt], [records[0].target], kind=kind)
         delta = editor.transform(edit_factors(model, batch, spec.targets, kind=kind))
+        # a meta step size has no value to read: apply with 1.0 (the memory is the same)
+        delta = EditDelta({n: LayerDelta(x.u, x.delta, 1.0) for n, x in delta.layers.items()})
         snapshot = write_delta({n: model.get_submodule(n) for n in spec.targets}, delta)
         del delta, snapshot
 
