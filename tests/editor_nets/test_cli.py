@@ -97,6 +97,20 @@ def test_eval_command(quick_run, tmp_path):
         eval_app, ["--editor", str(out / "editor"), "--data", str(out / "data"), "--editors", "MEND,ROME"]
     )
     assert result.exit_code == 2 and "ROME" in result.output and "known editors" in result.output
+    # the lifelong editor under its own name, with lifelong curves
+    result = runner.invoke(
+        eval_app,
+        ["--editor", str(out / "lifelong"), "--data", str(out / "data"), "--modes", "single",
+         "--lifelong", "1,2", "--lifelong-batches", "2", "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    lifelong = json.loads((tmp_path / "report.json").read_text())["methods"]["LifelongMEND"]["lifelong"]
+    assert [p["n_edits"] for p in lifelong["sequential"]] == [1, 2]
+    assert [p["batch_size"] for p in lifelong["batched"]] == [2]
+    result = runner.invoke(
+        eval_app, ["--editor", str(out / "editor"), "--data", str(out / "data"), "--lifelong", "1,ten"]
+    )
+    assert result.exit_code == 2 and "--lifelong takes positive integers" in result.output
 
 
 @pytest.mark.slow

@@ -112,19 +112,42 @@ def _editor_and_model(editor: Path, model: str | None):
     return mend, net, tokenizer
 
 
+def _counts(value: str | None, option: str) -> tuple[int, ...]:
+    """``"1,10,100"`` -> ``(1, 10, 100)``; anything but positive integers fails naming the option."""
+    if not value:
+        return ()
+    try:
+        counts = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise _fail(f"{option} takes positive integers separated by commas, got {value!r}")
+    return counts
+
+
 @eval_app.command()
 def evaluate(
     editor: Path = typer.Option(..., help="Editor checkpoint directory (config.json + editor.safetensors)."),
     data: Path = typer.Option(..., help="edit_data dataset directory."),
     model: str = typer.Option(None, help="Model (default: the base model recorded in the editor)."),
     split: str = typer.Option("test", help="Which split to evaluate."),
-    editors: str = typer.Option("MEND", help="Comma-separated registered editors, e.g. MEND,FT,FT+KL."),
+    editors: str = typer.Option(
+        None,
+        help="Comma-separated registered editors, e.g. MEND,FT,FT+KL (default: the given editor's name).",
+    ),
     modes: str = typer.Option("single,batched,sequential", help="Comma-separated evaluation modes."),
     n_sequential: int = typer.Option(10, help="Edits per sequential run."),
     batch_size: int = typer.Option(10, help="Edits per batched update."),
+    lifelong: str = typer.Option(
+        None, help="Lifelong curve: after how many edits in a row to score, e.g. 1,10,100."
+    ),
+    lifelong_batches: str = typer.Option(
+        None, help="Lifelong curve: batch sizes of one-call edits, e.g. 10,100."
+    ),
     out: Path = typer.Option(None, help="Write report.json/report.png here."),
 ) -> None:
-    """Evaluate a trained editor and the other named editors: ES, drawdown, latency in the chosen modes."""
+    """Evaluate a trained editor and the other named editors: ES, drawdown, latency in the chosen
+    modes, and with ``--lifelong`` / ``--lifelong-batches`` the lifelong curves."""
     from edit_data import load_saved
     from editor_nets.baselines import EditorSetup, build_editors
     from editor_nets.evaluate import evaluate_editors
@@ -137,15 +160,16 @@ def evaluate(
         raise _fail(f"{data}: {err}") from None
     if not splits.get(split):
         raise _fail(f"{data} has no records in split {split!r} (splits: {sorted(splits)})")
+    counts = {name: _counts(value, name) for name, value in (("--lifelong", lifelong), ("--lifelong-batches", lifelong_batches))}  # fmt: skip
     setup = EditorSetup(
         targets=mend.targets,
         train_records=splits.get("train", []),
-        trained={"MEND": mend},
+        trained={mend.name: mend},  # "MEND", or "LifelongMEND" for a ridge-aggregated editor
         model=net,
         tokenizer=tokenizer,
     )
     try:
-        chosen = build_editors([e.strip() for e in editors.split(",") if e.strip()], setup)
+        chosen = build_editors([e.strip() for e in (editors or mend.name).split(",") if e.strip()], setup)
         results = evaluate_editors(
             net,
             tokenizer,
@@ -154,6 +178,8 @@ def evaluate(
             modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
             n_sequential=n_sequential,
             batch_size=batch_size,
+            lifelong_checkpoints=counts["--lifelong"],
+            lifelong_batches=counts["--lifelong-batches"],
         )
     except (KeyError, ValueError) as err:
         raise _fail(str(err).strip("'\"")) from None
