@@ -50,9 +50,9 @@ def _random_model(source, dtype: torch.dtype, n_layers: int | None = None):
     then materialised: much faster than ``transformers``' initialisation at this size)."""
     import transformers
 
-    from editor_nets.plan import _config
+    from editor_nets.plan import model_config
 
-    config = _config(source)
+    config = model_config(source)
     if n_layers is not None:
         config.num_hidden_layers = n_layers
     with torch.device("meta"):

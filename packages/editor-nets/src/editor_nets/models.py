@@ -18,6 +18,7 @@ from graddecomp import is_supported, resolve_targets
 
 __all__ = [
     "DEFAULT_TARGETS",
+    "auto_model_class",
     "default_targets",
     "generate_answer",
     "label_id",
@@ -140,6 +141,19 @@ def label_id(model: nn.Module, target: str) -> int:
     raise ValueError(f"classifier target {target!r} is not a label of the model (label2id={label2id})")
 
 
+def auto_model_class(config: Any) -> Any:
+    """The ``transformers`` auto class for a config: seq2seq, sequence classifier or causal LM, by
+    ``is_encoder_decoder`` and the architecture it names."""
+    import transformers
+
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    if getattr(config, "is_encoder_decoder", False) or arch.endswith("ForConditionalGeneration"):
+        return transformers.AutoModelForSeq2SeqLM
+    if arch.endswith("ForSequenceClassification"):
+        return transformers.AutoModelForSequenceClassification
+    return transformers.AutoModelForCausalLM
+
+
 def load_model(name_or_path: str | Path, *, num_gpus: int = 0) -> tuple[nn.Module, Any]:
     """``(model, tokenizer)`` from a local directory or a hub name, with the head its architecture
     names (causal LM, seq2seq or sequence classifier), in eval mode with every parameter frozen.
@@ -153,13 +167,7 @@ def load_model(name_or_path: str | Path, *, num_gpus: int = 0) -> tuple[nn.Modul
     if not Path(name_or_path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise FileNotFoundError(f"{name_or_path}: no such directory (and HF_HUB_OFFLINE=1 forbids downloads)")
     config = transformers.AutoConfig.from_pretrained(str(name_or_path))
-    arch = (config.architectures or [""])[0]
-    if getattr(config, "is_encoder_decoder", False) or arch.endswith("ForConditionalGeneration"):
-        auto = transformers.AutoModelForSeq2SeqLM
-    elif arch.endswith("ForSequenceClassification"):
-        auto = transformers.AutoModelForSequenceClassification
-    else:
-        auto = transformers.AutoModelForCausalLM
+    auto = auto_model_class(config)
     use_cuda = num_gpus > 0 and torch.cuda.is_available()
     kwargs: dict[str, Any] = {}
     if use_cuda and min(num_gpus, torch.cuda.device_count()) > 1:

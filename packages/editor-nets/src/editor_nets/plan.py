@@ -43,6 +43,7 @@ __all__ = [
     "format_plan",
     "memory_plan",
     "meta_model",
+    "model_config",
 ]
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -133,7 +134,7 @@ class ResidentPeak:
         self.above = _status_kib("VmHWM") * 1024 - self.base
 
 
-def _config(source: str | Path) -> Any:
+def model_config(source: str | Path) -> Any:
     """A ``transformers`` config from a bundled name, a ``config.json`` file or a model directory."""
     import transformers
 
@@ -157,16 +158,10 @@ def _config(source: str | Path) -> Any:
 def meta_model(source: str | Path, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """The model of ``source`` (see :func:`memory_plan`) on the meta device in ``dtype``, frozen and
     in eval mode: shapes and dtypes only, no memory."""
-    import transformers
+    from editor_nets.models import auto_model_class
 
-    config = _config(source)
-    arch = (getattr(config, "architectures", None) or [""])[0]
-    if getattr(config, "is_encoder_decoder", False):
-        auto = transformers.AutoModelForSeq2SeqLM
-    elif arch.endswith("ForSequenceClassification"):
-        auto = transformers.AutoModelForSequenceClassification
-    else:
-        auto = transformers.AutoModelForCausalLM
+    config = model_config(source)
+    auto = auto_model_class(config)
     with torch.device("meta"):
         # eager attention: the SDPA mask path asks whether the mask can be skipped (a data-dependent
         # check that meta tensors cannot answer); at planning lengths the T x T scores are small
