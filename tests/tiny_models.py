@@ -26,6 +26,7 @@ class TinyModel:
     config: dict[str, Any]
     mlp: tuple[str, ...]
     attn: tuple[str, ...] = field(default=())
+    adds: tuple[str, ...] = ()  # what the family's own tokenizer puts around a text: "bos", "eos"
 
 
 TINY_MODELS: dict[str, TinyModel] = {
@@ -84,6 +85,7 @@ TINY_MODELS: dict[str, TinyModel] = {
                 "model.layers.*.mlp.down_proj",
             ),
             attn=("model.layers.*.self_attn.q_proj", "model.layers.*.self_attn.o_proj"),
+            adds=("bos",),
         ),
         TinyModel(
             "t5",
@@ -110,6 +112,7 @@ TINY_MODELS: dict[str, TinyModel] = {
                 "decoder.block.*.layer.2.DenseReluDense.wo",
             ),
             attn=("encoder.block.*.layer.0.SelfAttention.q", "decoder.block.*.layer.1.EncDecAttention.v"),
+            adds=("eos",),
         ),
         TinyModel(
             "bart",
@@ -133,6 +136,7 @@ TINY_MODELS: dict[str, TinyModel] = {
             ),
             mlp=("model.encoder.layers.*.fc1", "model.encoder.layers.*.fc2", "model.decoder.layers.*.fc1"),
             attn=("model.encoder.layers.*.self_attn.k_proj", "model.decoder.layers.*.encoder_attn.out_proj"),
+            adds=("bos", "eos"),
         ),
         TinyModel(
             "bert",
@@ -155,15 +159,39 @@ TINY_MODELS: dict[str, TinyModel] = {
 }
 
 
-def build_tiny(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32):
-    """Build the tiny model ``name`` from the table, randomly initialised with ``seed``, in eval mode."""
+def build_tiny(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, tokenizer=None):
+    """Build the tiny model ``name`` from the table, randomly initialised with ``seed``, in eval mode.
+
+    With ``tokenizer`` (e.g. ``world_tokenizer(name, corpus)``) the vocabulary and the special
+    token ids (pad, bos, eos, the decoder's start: pad for T5, eos for BART) are the tokenizer's."""
     import transformers
 
     spec = TINY_MODELS[name]
-    config = getattr(transformers, spec.config_class)(**spec.config)
+    cfg = dict(spec.config)
+    if tokenizer is not None:
+        start = cfg.get("decoder_start_token_id")
+        cfg.update(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        if start is not None:
+            pad = spec.config.get("pad_token_id")
+            cfg["decoder_start_token_id"] = tokenizer.pad_token_id if start == pad else tokenizer.eos_token_id
+    config = getattr(transformers, spec.config_class)(**cfg)
     torch.manual_seed(seed)
     model = getattr(transformers, spec.model_class)(config).to(dtype)
     return model.eval()
+
+
+def world_tokenizer(name: str, corpus):
+    """A word-level tokenizer of ``corpus`` that adds what family ``name``'s own tokenizer adds
+    (BOS for Llama, EOS for T5, both for BART)."""
+    from edit_data import train_tokenizer
+
+    adds = TINY_MODELS[name].adds
+    return train_tokenizer(corpus, add_bos="bos" in adds, add_eos="eos" in adds)
 
 
 def tiny_batch(name: str, *, batch: int = 3, lengths: tuple[int, ...] = (7, 4, 5), seed: int = 0) -> dict:

@@ -56,3 +56,25 @@ def changed(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> set[str]:
     """The names whose tensors are no longer bitwise those of ``state``."""
     now = model.state_dict()
     return {k for k in state if not torch.equal(now[k], state[k])}
+
+
+def train_on_answers(model, tokenizer, records, *, steps: int = 300, seed: int = 0, lr: float = 3e-3):
+    """Teach ``model`` (any kind: causal or seq2seq) the answers of ``records`` (each prompt and
+    rephrasing -> ``original``) for ``steps`` AdamW steps on batches of 32, through the project's
+    own collators (``editor_nets.scoring.edit_batch``); returns it in eval mode, frozen."""
+    from editor_nets.scoring import edit_batch
+
+    pairs = [(p, r.original) for r in records for p in (r.prompt, *r.rephrases) if r.original]
+    model.train().requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(pairs), (32,), generator=g).tolist()
+        batch = edit_batch(model, tokenizer, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx])
+        batch.pop("decoder_attention_mask", None)
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval().requires_grad_(False)

@@ -148,6 +148,18 @@ def test_seq2seq_labels(tok):
     assert short["input_ids"].tolist() == [p0[:3], p1[:3]]
 
 
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_seq2seq_with_an_eos_appending_tokenizer(add_bos):
+    """T5-style (EOS after every text) and BART-style (BOS and EOS): the encoder input and the
+    labels carry them; a causal prompt keeps the BOS in front and drops the trailing EOS."""
+    tok = train_tokenizer(TEXTS, add_bos=add_bos, add_eos=True)
+    bos, eos = [tok.bos_token_id] * add_bos, [tok.eos_token_id]
+    batch = collate_seq2seq(tok, ["Where was Bob born?"], ["Zorba"])
+    assert batch["input_ids"][0].tolist() == bos + _ids(tok, "Where was Bob born?") + eos
+    assert batch["labels"][0].tolist() == bos + _ids(tok, "Zorba") + eos
+    assert encode_prompt(tok, "Where was Bob born?") == bos + _ids(tok, "Where was Bob born?")
+
+
 def test_seq2seq_with_specials():
     tok = _minilm_tokenizer()
     if tok is None:

@@ -3,89 +3,19 @@ and nothing acknowledged is lost (bitwise); a corrupt journal refuses to start."
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
 
 import pytest
+from serve_process import ServerProcess, serve_env, wait_journal_free
 
-from edit_serve import EditClient, EditJournal, JournalLockedError, SamplingParams
+from edit_serve import EditClient, EditJournal, SamplingParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TOKEN = "restart-token"
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        RAY_USAGE_STATS_ENABLED="0",
-        PYTHONUNBUFFERED="1",
-        COLUMNS="400",
-    )
-    return env
-
-
-class ServerProcess:
-    """``python -m edit_serve ...`` in its own process group; ``address`` once it serves."""
-
-    def __init__(self, args: list[str], timeout: float = 180.0) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edit_serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=_env(),
-            start_new_session=True,
-        )
-        self.address: str | None = None
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                m = re.search(r"serving .* on (\S+) \(journal", line)
-                if m:
-                    self.address = m.group(1)
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        ready.wait(timeout)
-        if self.address is None:
-            self.kill()
-            raise AssertionError("edit-serve did not start:\n" + "".join(self.lines[-40:]))
-
-    def kill(self) -> None:
-        """SIGKILL the server process, then everything it started (Ray's processes)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-
-
-def _wait_journal_free(journal: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            EditJournal(journal).close()
-            return
-        except JournalLockedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def _serve_args(artifacts, journal) -> list[str]:
@@ -108,7 +38,7 @@ def test_kill_9_after_an_acknowledged_edit_then_restart(tiny_artifacts, tmp_path
             server.kill()  # ... and the server dies at once
     finally:
         server.kill()
-    _wait_journal_free(journal)
+    wait_journal_free(journal)
 
     server = ServerProcess(args)
     try:
@@ -141,7 +71,7 @@ def test_corrupt_journal_refuses_to_start(tiny_artifacts, tmp_path) -> None:
         [sys.executable, "-m", "edit_serve", *_serve_args(tiny_artifacts, journal)],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=serve_env(),
         timeout=120,
     )
     assert out.returncode == 2, out.stdout + out.stderr
@@ -164,7 +94,7 @@ def test_cli_refuses_directories_without_model_or_editor(tiny_artifacts, tmp_pat
         ],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=serve_env(),
         timeout=60,
     )
     assert out.returncode == 2
@@ -173,7 +103,11 @@ def test_cli_refuses_directories_without_model_or_editor(tiny_artifacts, tmp_pat
 
 def test_cli_help_lists_the_options() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "edit_serve", "--help"], capture_output=True, text=True, env=_env(), timeout=60
+        [sys.executable, "-m", "edit_serve", "--help"],
+        capture_output=True,
+        text=True,
+        env=serve_env(),
+        timeout=60,
     )
     assert out.returncode == 0
     for option in (
@@ -197,7 +131,7 @@ def test_default_paths_are_runs_default(tmp_path) -> None:
     fake = fake_bin / "edit-train"
     fake.write_text(f"#!/bin/sh\necho ran > {tmp_path / 'called'}\nexit 3\n")
     fake.chmod(0o755)
-    env = _env()
+    env = serve_env()
     env["PATH"] = f"{fake_bin}{os.pathsep}{env.get('PATH', '')}"
     out = subprocess.run(
         [sys.executable, "-m", "edit_serve"],

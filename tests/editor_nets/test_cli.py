@@ -38,6 +38,7 @@ def test_quick_main_job_writes_everything(quick_run):
     seq = report["methods"]["MEND"]["sequential"]
     assert {"n_edits", "es", "dd_locality"} <= set(seq)
     assert 0.0 <= report["pretrain"]["qa_accuracy"] <= 1.0
+    assert report["model"]["architecture"] == report["pretrain"]["architecture"] == "GPT2LMHeadModel"
     editor_cfg = json.loads((out / "editor/config.json").read_text())
     assert editor_cfg["model"]["base_model"] == str(out / "model")
     assert editor_cfg["editor"] == report["config"]["mend"]
@@ -133,6 +134,27 @@ def test_a_second_run_into_the_same_directory_replaces_the_first(quick_run, monk
     assert rows() == first  # the second run's rows only, not appended to the first's
 
 
+@pytest.mark.slow
+def test_the_main_job_can_pretrain_a_llama(tmp_path):
+    """``pretrain.architecture = "llama"`` (grouped-query attention here): the job pre-trains a
+    Llama with a BOS-adding tokenizer, edits its gated MLPs and the report says which model."""
+    cfg = tmp_path / "llama.json"
+    cfg.write_text(json.dumps({"pretrain": {"architecture": "llama", "n_head": 2, "n_kv_head": 1}}))
+    result = runner.invoke(train_app, ["--quick", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["model"]["architecture"] == report["pretrain"]["architecture"] == "LlamaForCausalLM"
+    assert "pre-trained LlamaForCausalLM" in result.output
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["num_key_value_heads"] == 1 and config["num_attention_heads"] == 2
+    editor = json.loads((tmp_path / "run" / "editor" / "config.json").read_text())
+    assert any(t.endswith("mlp.gate_proj") for t in editor["model"]["targets"])
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "model")
+    assert tok("Where")["input_ids"][0] == tok.bos_token_id
+
+
 def test_bad_config_and_arguments_are_named(tmp_path):
     bad = tmp_path / "job.json"
     bad.write_text('{"meta": {"stepz": 3}}')
@@ -144,3 +166,6 @@ def test_bad_config_and_arguments_are_named(tmp_path):
     assert result.exit_code == 2 and "--data" in result.output
     result = runner.invoke(apply_app, ["--editor", str(tmp_path), "--prompt", "a", "--target", "b"])
     assert result.exit_code == 2 and "config.json" in result.output
+    bad.write_text('{"pretrain": {"architecture": "mamba"}}')
+    result = runner.invoke(train_app, ["--config", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "architecture" in result.output and "mamba" in result.output

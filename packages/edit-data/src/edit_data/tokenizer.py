@@ -12,7 +12,7 @@ SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)  # ids 0, 1, 2, 3
 
 
 def train_tokenizer(
-    texts: Iterable[str], *, vocab_size: int | None = None, add_bos: bool = False
+    texts: Iterable[str], *, vocab_size: int | None = None, add_bos: bool = False, add_eos: bool = False
 ) -> PreTrainedTokenizerFast:
     """Train a word-level tokenizer on ``texts`` (no download, deterministic).
 
@@ -20,7 +20,9 @@ def train_tokenizer(
     single-word entity name of the world is exactly one token. ``vocab_size`` caps the vocabulary
     (most frequent words kept, specials included); ``None`` keeps every word. Special tokens:
     ``<pad>``=0, ``<unk>``=1, ``<bos>``=2, ``<eos>``=3. Nothing is added automatically around a
-    text (like GPT-2), unless ``add_bos``: then every text starts with ``<bos>`` (like Llama). Save and reload with ``save_pretrained`` / ``AutoTokenizer.from_pretrained``.
+    text (like GPT-2), unless ``add_bos``: then every text starts with ``<bos>`` (like Llama), or
+    ``add_eos``: then every text ends with ``<eos>`` (like T5; both: like BART). Save and reload
+    with ``save_pretrained`` / ``AutoTokenizer.from_pretrained``.
     """
     texts = list(texts)
     if not texts:
@@ -41,9 +43,12 @@ def train_tokenizer(
     )
     # Sorting makes the vocabulary independent of text order among equal-frequency words.
     tok.train_from_iterator(sorted(texts), trainer=trainer)
-    if add_bos:
+    if add_bos or add_eos:
+        head, tail = (f"{BOS} " if add_bos else ""), (f" {EOS}" if add_eos else "")
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
+            single=f"{head}$A{tail}",
+            pair=f"{head}$A $B{tail}",
+            special_tokens=[(t, tok.token_to_id(t)) for t in (BOS, EOS)],
         )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

@@ -1,5 +1,5 @@
-"""Token-by-token generation for causal LMs with a per-request random generator, and the stream
-that holds the service's read lock while it runs.
+"""Token-by-token generation for causal and encoder-decoder LMs with a per-request random
+generator, and the stream that holds the service's read lock while it runs.
 
 One loop serves both ``Generate`` and ``GenerateStream`` (Generate joins the stream's pieces),
 so both give identical text for the same request. We use our own loop with the KV cache
@@ -12,6 +12,7 @@ certain they do not start there.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -64,31 +65,60 @@ def _first_stop(text: str, stops: Sequence[str]) -> int:
     return min(hits) if hits else -1
 
 
+def _forward(model: nn.Module, prompt_ids: Tensor) -> tuple[Callable[[Tensor, object], object], Tensor, int]:
+    """How to run the model one step at a time on ``prompt_ids`` ``[1, T]``: ``(step, first, used)``.
+
+    ``step(ids, past)`` returns the model output (``logits``, ``past_key_values``) for the new
+    ``ids`` ``[1, n]`` given the cache; ``first`` are the ids of the first step; ``used`` the
+    positions the answer's budget already lost. A causal LM continues the prompt (``used`` = T);
+    an encoder-decoder model encodes the prompt once and decodes from its decoder start token
+    (``used`` = 1, the start token's position)."""
+    device = model.get_input_embeddings().weight.device
+    prompt_ids = prompt_ids.to(device)
+    # transformers >= 5.2x names the KV cache argument ``cache``; earlier ones ``past_key_values``
+    cache = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    if not getattr(model.config, "is_encoder_decoder", False):
+        return (
+            lambda ids, past: model(input_ids=ids, use_cache=True, **{cache: past}),
+            prompt_ids,
+            int(prompt_ids.shape[1]),
+        )
+    encoded = model.get_encoder()(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids))
+    start = torch.tensor([[model.config.decoder_start_token_id]], device=device)
+    return (
+        lambda ids, past: model(
+            encoder_outputs=encoded, decoder_input_ids=ids, use_cache=True, **{cache: past}
+        ),
+        start,
+        1,
+    )
+
+
 @torch.no_grad()
 def generate_steps(
     model: nn.Module, tokenizer, prompt_ids: Tensor, params: SamplingParams
 ) -> Iterator[GenerationStep]:
     """Yield the continuation of ``prompt_ids`` ``[1, T]`` piece by piece; the last step has ``done``.
-    ``params`` are validated (``SamplingParams.validated``: a seed and a length are set).
+    ``params`` are validated (``SamplingParams.validated``: a seed and a length are set). Causal
+    LMs continue the prompt; encoder-decoder models (T5, BART) answer it from their decoder.
 
     Stops at ``max_new_tokens``, the tokenizer's eos token, a stop string or the model's
     context length. Pieces concatenate to the full continuation (without the prompt).
     """
-    device = model.get_input_embeddings().weight.device
+    step, cur, used = _forward(model, prompt_ids)
     generator = torch.Generator(device="cpu").manual_seed(int(params.seed) % (2**63))
     eos = tokenizer.eos_token_id
     limit = context_length(model)
     budget = params.max_new_tokens
     if limit is not None:
-        budget = min(budget, max(0, limit - int(prompt_ids.shape[1])))
+        budget = min(budget, max(0, limit - used))
     holdback = max((len(s) for s in params.stop), default=1) - 1
     generated: list[int] = []
     emitted = ""
-    cur = prompt_ids.to(device)
     past = None
     stopped = False
     for _ in range(budget):
-        out = model(input_ids=cur, past_key_values=past, use_cache=True)
+        out = step(cur, past)
         past = out.past_key_values
         logits = out.logits[0, -1].float().cpu()
         if not bool(torch.isfinite(logits).all()):
@@ -108,7 +138,7 @@ def generate_steps(
         if safe > len(emitted) and text.startswith(emitted):
             piece, emitted = text[len(emitted) : safe], text[:safe]
             yield GenerationStep(piece, len(generated), False)
-        cur = torch.tensor([[token]], device=device)
+        cur = torch.tensor([[token]], device=cur.device)
     final = tokenizer.decode(generated, skip_special_tokens=True) if not stopped else text
     if not stopped and params.stop:
         cut = _first_stop(final, params.stop)

@@ -42,7 +42,7 @@ from edit_serve.results import (
 )
 from edit_serve.rwlock import ReadWriteLock
 from edit_serve.weights import WeightStore
-from editor_nets import EditDelta, score_targets, weights_digest
+from editor_nets import EditDelta, model_kind, score_targets, weights_digest
 from editor_nets.ridge import KeyMemory
 
 __all__ = ["EditService"]
@@ -80,6 +80,7 @@ class EditService:
         device: str = "cpu",
     ) -> None:
         self.model = model.eval()
+        self.kind = model_kind(model)  # "causal" or "seq2seq"
         self.tokenizer = tokenizer
         self.editor = editor
         self.journal = journal
@@ -137,9 +138,12 @@ class EditService:
 
     # ------------------------------------------------------------ helpers
     def _prompt_ids(self, prompt: str) -> torch.Tensor:
-        """``[1, T]``: the prompt as edits see it (``edit_data.encode_prompt``)."""
+        """``[1, T]``: the prompt as edits see it: ``edit_data.encode_prompt`` for a causal LM, the
+        encoder input with all its special tokens (as ``collate_seq2seq``) for a seq2seq model."""
         from edit_data import encode_prompt
 
+        if self.kind == "seq2seq":
+            return torch.tensor([self.tokenizer(prompt)["input_ids"]], dtype=torch.long)
         return torch.tensor([encode_prompt(self.tokenizer, prompt)], dtype=torch.long)
 
     def _target_logprob(self, prompt: str, target: str) -> float:

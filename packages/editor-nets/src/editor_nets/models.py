@@ -23,6 +23,7 @@ __all__ = [
     "generate_answer",
     "label_id",
     "load_model",
+    "model_info",
     "model_kind",
     "output_projections",
 ]
@@ -62,6 +63,20 @@ def model_kind(model: nn.Module) -> str:
         f"cannot tell the kind of {cls}: expected a *ForCausalLM / *LMHeadModel, a seq2seq "
         "*ForConditionalGeneration or a *ForSequenceClassification model"
     )
+
+
+def model_info(model: nn.Module, base_model: str = "") -> dict[str, Any]:
+    """What a report says about the edited model: where it came from, its architecture (the
+    ``transformers`` class), kind, number of parameters, dtype and blocks."""
+    cfg = getattr(model, "config", None)
+    return {
+        "base_model": str(base_model),
+        "architecture": type(model).__name__,
+        "kind": model_kind(model),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "n_layers": getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None),
+    }
 
 
 def default_targets(model: nn.Module, n_blocks: int | None = None) -> list[str]:

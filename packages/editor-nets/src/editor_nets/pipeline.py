@@ -23,6 +23,7 @@ from torch import nn
 from editor_nets.baselines import EditorSetup, build_editors, preserved_texts
 from editor_nets.evaluate import evaluate_editors
 from editor_nets.mend import MendConfig, MendEditor
+from editor_nets.models import model_info
 from editor_nets.pretrain import PretrainConfig, pretrain_causal_lm, qa_accuracy
 from editor_nets.report import MetricsLog, load_metrics, machine_info, results_table, write_report
 from editor_nets.ridge import preserved_moments
@@ -318,7 +319,10 @@ def run_job(
         batch_size=config.eval.batch_size, n_sequential=config.eval.n_sequential,
         lifelong_checkpoints=config.eval.lifelong_checkpoints, lifelong_batches=config.eval.lifelong_batches,
     )  # fmt: skip
-    results.update(meta_train=summaries, **(extra or {}), machine=machine_info(), config=asdict(config))
+    results.update(
+        model=model_info(model, base_model), meta_train=summaries, **(extra or {}), machine=machine_info(),
+        config=asdict(config),
+    )  # fmt: skip
     results["seconds_editor_part"] = time.perf_counter() - t0
     results["seconds_total"] = time.perf_counter() - started
     write_report(
@@ -358,7 +362,10 @@ def run_default_job(
         f"{ {k: len(v) for k, v in splits.items()} } -> {data_dir}"
     )
 
-    tokenizer = train_tokenizer(world.corpus + [r.target for r in world.records])
+    # a Llama's tokenizer adds BOS in front of every text, as Llama's own does
+    tokenizer = train_tokenizer(
+        world.corpus + [r.target for r in world.records], add_bos=config.pretrain.architecture == "llama"
+    )
     prompts = [p for r in world.records for p in (r.prompt, *r.rephrases)]
     answers = [r.original for r in world.records for _ in (r.prompt, *r.rephrases)]
     model_dir = out / "model"
@@ -371,7 +378,7 @@ def run_default_job(
     test_answers = [r.original for r in splits["test"] for _ in (r.prompt, *r.rephrases)]
     pre["qa_accuracy_test_subjects"] = qa_accuracy(model, tokenizer, test_prompts, test_answers)
     say(
-        f"pre-trained GPT-2 ({pre['n_parameters']:,} parameters, {pre['steps']} steps, {pre['seconds']:.0f}s): "
+        f"pre-trained {pre['architecture']} ({pre['n_parameters']:,} parameters, {pre['steps']} steps, {pre['seconds']:.0f}s): "
         f"QA accuracy {pre['qa_accuracy']:.3f} on all {len(prompts)} fact questions, "
         f"{pre['qa_accuracy_test_subjects']:.3f} on the held-out edits' questions -> {model_dir}"
     )

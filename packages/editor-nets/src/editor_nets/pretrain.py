@@ -1,6 +1,7 @@
-"""Pre-train a small GPT-2 from scratch on the synthetic world's corpus until it knows the facts.
+"""Pre-train a small GPT-2 (or Llama) from scratch on the synthetic world's corpus until it knows the facts.
 
-Everything is offline: the model is built from a ``GPT2Config`` and trained on the corpus
+Everything is offline: the model is built from a ``GPT2Config`` (or a ``LlamaConfig``: RMSNorm,
+rotary positions, gated MLP, grouped-query attention) and trained on the corpus
 lines (``"<question> <answer>"`` and statements). Training stops early once greedy accuracy
 on the fact questions reaches ``target_accuracy`` (``None``: always run ``max_steps``).
 """
@@ -21,17 +22,26 @@ from tqdm.auto import tqdm
 from editor_nets.scoring import score_targets
 from editor_nets.state import eval_mode
 
-__all__ = ["PretrainConfig", "pretrain_causal_lm", "qa_accuracy"]
+__all__ = ["PretrainConfig", "build_model", "pretrain_causal_lm", "qa_accuracy"]
+
+
+ARCHITECTURES = ("gpt2", "llama")
 
 
 @dataclass
 class PretrainConfig:
-    """Size and schedule of the from-scratch GPT-2 (``n_embd`` wide, ``n_layer`` blocks)."""
+    """Architecture, size and schedule of the from-scratch model (``n_embd`` wide, ``n_layer`` blocks).
 
+    ``architecture`` is ``"gpt2"`` or ``"llama"``; a Llama has ``n_kv_head`` key/value heads
+    (grouped-query attention when fewer than ``n_head``) and its tokenizer should add BOS
+    (``train_tokenizer(add_bos=True)``), as Llama's own does."""
+
+    architecture: str = "gpt2"
     n_embd: int = 128
     n_layer: int = 4
     n_head: int = 4
-    n_inner: int | None = None  # MLP width; None = 4 * n_embd (GPT-2's default)
+    n_inner: int | None = None  # MLP width; None = 4 * n_embd (GPT-2), 8/3 * n_embd rounded up to 8 (Llama)
+    n_kv_head: int | None = None  # Llama only; None = n_head
     n_positions: int = 32
     max_steps: int = 3000
     batch_size: int = 64
@@ -41,6 +51,13 @@ class PretrainConfig:
     eval_every: int = 250
     target_accuracy: float | None = 0.99
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        kv = self.n_kv_head or self.n_head
+        if self.n_head % kv:
+            raise ValueError(f"n_head={self.n_head} is not a multiple of n_kv_head={kv}")
 
 
 def qa_accuracy(
@@ -53,6 +70,33 @@ def qa_accuracy(
     return float(hits.float().mean()) if len(hits) else 0.0
 
 
+def build_model(config: PretrainConfig, tokenizer, n_positions: int) -> nn.Module:
+    """A randomly initialised causal LM of ``config.architecture`` for ``tokenizer``'s vocabulary."""
+    import transformers
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if config.architecture == "gpt2":
+        gpt2 = transformers.GPT2Config(
+            n_positions=n_positions, n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
+            n_inner=config.n_inner, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common,
+        )  # fmt: skip
+        return transformers.GPT2LMHeadModel(gpt2)
+    if config.architecture == "llama":
+        mlp = config.n_inner or -(-config.n_embd // 3) * 8  # 8/3 of the width, rounded up to 8
+        llama = transformers.LlamaConfig(
+            hidden_size=config.n_embd, num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
+            num_key_value_heads=config.n_kv_head or config.n_head, intermediate_size=mlp,
+            max_position_embeddings=n_positions, **common,
+        )  # fmt: skip
+        return transformers.LlamaForCausalLM(llama)
+    raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {config.architecture!r}")
+
+
 def pretrain_causal_lm(
     corpus: Sequence[str],
     tokenizer,
@@ -62,32 +106,18 @@ def pretrain_causal_lm(
     eval_answers: Sequence[str] = (),
     log=None,
 ) -> tuple[nn.Module, dict]:
-    """Train a GPT-2 on ``corpus`` lines; returns ``(model in eval mode, summary)``.
+    """Train a GPT-2 (or a Llama, ``config.architecture``) on ``corpus`` lines; returns
+    ``(model in eval mode, summary)``. Lines are encoded with the tokenizer's special tokens (BOS
+    for a Llama-style tokenizer), as edits and evaluation encode prompts.
 
-    ``summary`` has ``steps``, ``final_loss``, ``qa_accuracy`` (on ``eval_prompts``) and ``seconds``.
-    ``log`` (optional) is called with one dict per evaluation."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+    ``summary`` has ``architecture``, ``steps``, ``final_loss``, ``qa_accuracy`` (on
+    ``eval_prompts``) and ``seconds``. ``log`` (optional) is called with one dict per evaluation."""
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    enc = tokenizer(list(corpus), add_special_tokens=False)["input_ids"]
+    enc = tokenizer(list(corpus), add_special_tokens=True)["input_ids"]
     # the context grows to the longest corpus line when that is longer than n_positions
     n_positions = max(config.n_positions, max((len(ids) for ids in enc), default=1) + 1)
-    gcfg = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=n_positions,
-        n_embd=config.n_embd,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        n_inner=config.n_inner,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = GPT2LMHeadModel(gcfg)
+    model = build_model(config, tokenizer, n_positions)
     pad = tokenizer.pad_token_id
     opt = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98)
@@ -105,7 +135,9 @@ def pretrain_causal_lm(
     t0 = time.perf_counter()
     acc, loss_ema, step = 0.0, float("nan"), 0
     model.train()
-    bar = tqdm(range(config.max_steps), desc="pre-train GPT-2", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        range(config.max_steps), desc=f"pre-train {config.architecture}", unit="step", dynamic_ncols=True
+    )
     for step in bar:
         if len(order) < config.batch_size:
             extra = list(range(len(enc)))
@@ -140,6 +172,7 @@ def pretrain_causal_lm(
     if eval_prompts:
         acc = qa_accuracy(model, tokenizer, eval_prompts, eval_answers)
     summary = {
+        "architecture": type(model).__name__,
         "steps": step + 1,
         "final_loss": loss_ema,
         "qa_accuracy": acc,

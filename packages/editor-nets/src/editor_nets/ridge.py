@@ -46,21 +46,30 @@ def preserved_moments(
     progress: bool = False,
 ) -> dict[str, Tensor]:
     """``C_0`` per layer: the mean ``k k^T`` ``[d_in, d_in]`` (float32, on the layer's device) of the
-    layer's inputs over every real token of ``texts`` (tokenised like prompts, padding left out)."""
+    layer's inputs over every real token of ``texts`` (tokenised like prompts, padding left out).
+
+    Encoder-decoder models read each text twice: as the encoder's input and, shifted right after
+    the decoder's start token, as the decoder's input (teacher forcing on the same text), so decoder
+    layers are protected on ordinary decoder inputs too."""
     from edit_data import encode_prompt
 
     modules = resolve_targets(model, list(layers))
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    in_decoder = {id(m) for m in model.get_decoder().modules()} if seq2seq else set()
     sums: dict[str, Tensor] = {}
     count, mask_now = 0, {}
 
-    def hook(name: str):
+    def hook(name: str, side: str):
         def record(module: nn.Module, args: tuple, output: Tensor) -> None:
-            x = args[0][mask_now["mask"]].float()  # [tokens, d_in]
+            x = args[0][mask_now[side]].float()  # [tokens, d_in]
             sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
 
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
+    handles = [
+        m.register_forward_hook(hook(n, "decoder" if id(m) in in_decoder else "encoder"))
+        for n, m in modules.items()
+    ]
     device = model.get_input_embeddings().weight.device
     try:
         for i in tqdm(
@@ -72,8 +81,15 @@ def preserved_moments(
             mask = torch.zeros_like(ids, dtype=torch.bool)
             for b, r in enumerate(rows):
                 ids[b, : len(r)], mask[b, : len(r)] = torch.tensor(r), True
-            mask_now["mask"] = mask.to(device)
-            model(input_ids=ids.to(device), attention_mask=mask.long().to(device))
+            inputs = {"input_ids": ids.to(device), "attention_mask": mask.long().to(device)}
+            mask_now["encoder"] = mask.to(device)
+            if seq2seq:
+                start = torch.full((len(rows), 1), model.config.decoder_start_token_id, dtype=torch.long)
+                inputs["decoder_input_ids"] = torch.cat([start, ids[:, :-1]], 1).to(device)
+                # the same number of real positions per row: the start token and all but the last
+                mask_now["decoder"] = torch.cat([torch.ones_like(mask[:, :1]), mask[:, :-1]], 1).to(device)
+                inputs["decoder_attention_mask"] = mask_now["decoder"].long()
+            model(**inputs)
             count += int(mask.sum())
     finally:
         for h in handles:

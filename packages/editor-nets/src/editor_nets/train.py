@@ -330,7 +330,7 @@ def _train_step(
                     return None
                 (loss / config.grad_accum).backward()  # before restoring: the graph holds the edited weights
             editor.start()
-        for k, v in {"loss": loss, **stats}.items():
+        for k, v in {"loss": loss.detach(), **stats}.items():
             sums[k] = sums.get(k, 0.0) + float(v) / config.grad_accum
     grad_norm = torch.nn.utils.clip_grad_norm_(editor.parameters(), config.max_grad_norm)
     if not torch.isfinite(grad_norm):
