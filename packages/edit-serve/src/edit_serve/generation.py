@@ -65,14 +65,17 @@ def _first_stop(text: str, stops: Sequence[str]) -> int:
     return min(hits) if hits else -1
 
 
-def _forward(model: nn.Module, prompt_ids: Tensor) -> tuple[Callable[[Tensor, object], object], Tensor, int]:
-    """How to run the model one step at a time on ``prompt_ids`` ``[1, T]``: ``(step, first, used)``.
+def _forward(
+    model: nn.Module, prompt_ids: Tensor
+) -> tuple[Callable[[Tensor, object], object], Tensor, int, str]:
+    """How to run the model one step at a time on ``prompt_ids`` ``[1, T]``: ``(step, first, used, cache)``.
 
     ``step(ids, past)`` returns the model output (``logits``, ``past_key_values``) for the new
     ``ids`` ``[1, n]`` given the cache; ``first`` are the ids of the first step; ``used`` the
     positions the answer's budget already lost. A causal LM continues the prompt (``used`` = T);
     an encoder-decoder model encodes the prompt once and decodes from its decoder start token
-    (``used`` = 1, the start token's position)."""
+    (``used`` = 1, the start token's position). ``cache`` names the KV cache in the model's
+    arguments and outputs."""
     device = model.get_input_embeddings().weight.device
     prompt_ids = prompt_ids.to(device)
     # transformers >= 5.2x names the KV cache argument ``cache``; earlier ones ``past_key_values``
@@ -82,6 +85,7 @@ def _forward(model: nn.Module, prompt_ids: Tensor) -> tuple[Callable[[Tensor, ob
             lambda ids, past: model(input_ids=ids, use_cache=True, **{cache: past}),
             prompt_ids,
             int(prompt_ids.shape[1]),
+            cache,
         )
     encoded = model.get_encoder()(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids))
     start = torch.tensor([[model.config.decoder_start_token_id]], device=device)
@@ -91,6 +95,7 @@ def _forward(model: nn.Module, prompt_ids: Tensor) -> tuple[Callable[[Tensor, ob
         ),
         start,
         1,
+        cache,
     )
 
 
@@ -105,7 +110,7 @@ def generate_steps(
     Stops at ``max_new_tokens``, the tokenizer's eos token, a stop string or the model's
     context length. Pieces concatenate to the full continuation (without the prompt).
     """
-    step, cur, used = _forward(model, prompt_ids)
+    step, cur, used, cache = _forward(model, prompt_ids)
     generator = torch.Generator(device="cpu").manual_seed(int(params.seed) % (2**63))
     eos = tokenizer.eos_token_id
     limit = context_length(model)
@@ -119,7 +124,7 @@ def generate_steps(
     stopped = False
     for _ in range(budget):
         out = step(cur, past)
-        past = out.past_key_values
+        past = getattr(out, cache)  # the output names the cache as the argument does
         logits = out.logits[0, -1].float().cpu()
         if not bool(torch.isfinite(logits).all()):
             logits = torch.nan_to_num(logits, nan=-math.inf)
