@@ -45,7 +45,7 @@ QUICK_CONFIG = {
 }  # fmt: skip
 
 
-def _random_model(source, dtype: torch.dtype, n_layers: int | None = None):
+def random_model(source, dtype: torch.dtype, n_layers: int | None = None, device: str = "cpu"):
     """The model of ``source`` with small random weights in ``dtype`` (built on the meta device,
     then materialised: much faster than ``transformers``' initialisation at this size)."""
     import transformers
@@ -57,13 +57,13 @@ def _random_model(source, dtype: torch.dtype, n_layers: int | None = None):
         config.num_hidden_layers = n_layers
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.to_empty(device="cpu")
+    model.to_empty(device=device)
     # buffers (rotary frequencies, masks) are computed, not learned: take them from the same
     # architecture cut to one block, built normally (block i's buffer from block 0's)
     config_one = copy.deepcopy(config)
     config_one.num_hidden_layers = 1
     one = dict(transformers.AutoModelForCausalLM.from_config(config_one, dtype=dtype).named_buffers())
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, buf in model.named_buffers():
             buf.copy_(one[re.sub(r"\.\d+\.", ".0.", name, count=1)])
@@ -89,12 +89,22 @@ def _fixed_mmap_threshold() -> None:
         print("[bench] could not fix glibc's mmap threshold; peaks may be under-read", flush=True)
 
 
-def _measure(fn) -> dict:
-    """Peak resident bytes above the level before ``fn`` and its wall time (after one warm-up)."""
+def _measure(fn, device: str = "cpu") -> dict:
+    """Peak memory above the level before ``fn`` and its wall time (after one warm-up): resident
+    bytes on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU."""
     from editor_nets.plan import ResidentPeak
 
     fn()
     gc.collect()
+    if device != "cpu":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        level = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        return {"peak_above_gib": (torch.cuda.max_memory_allocated() - level) / GIB, "seconds": seconds}
     with ResidentPeak() as rss:
         start = time.perf_counter()
         fn()
@@ -103,7 +113,7 @@ def _measure(fn) -> dict:
     return {"peak_above_gib": rss.above / GIB, "seconds": seconds, "hwm_reset": rss.reset}
 
 
-def _editor_steps(source, dtype: str, rank: int, seq_len: int) -> tuple[dict, int, int]:
+def _editor_steps(source, dtype: str, rank: int, seq_len: int, device: str) -> tuple[dict, int, int]:
     """The edit, batched edit and meta-training step measurements; the number of blocks and the
     weights' bytes. The model is freed on return."""
     from edit_data import train_tokenizer
@@ -111,8 +121,8 @@ def _editor_steps(source, dtype: str, rank: int, seq_len: int) -> tuple[dict, in
     from editor_nets.plan import DTYPES, _records
 
     t0 = time.perf_counter()
-    model = _random_model(source, DTYPES[dtype])
-    editor = MendEditor.for_model(model, MendConfig(rank=rank))
+    model = random_model(source, DTYPES[dtype], device=device)
+    editor = MendEditor.for_model(model, MendConfig(rank=rank)).to(device)
     print(f"[bench] random model and editor built in {time.perf_counter() - t0:.0f}s", flush=True)
     tok = train_tokenizer(["w"])
     config = MetaTrainConfig()
@@ -124,7 +134,10 @@ def _editor_steps(source, dtype: str, rank: int, seq_len: int) -> tuple[dict, in
 
         return run
 
-    out = {"edit": _measure(edit(records[:1])), "batched_edit_10": _measure(edit(records[:1] * 10))}
+    out = {
+        "edit": _measure(edit(records[:1]), device),
+        "batched_edit_10": _measure(edit(records[:1] * 10), device),
+    }
     print(f"[bench] edit {out['edit']}", flush=True)
     editor.train().requires_grad_(True)
     opt = torch.optim.Adam(editor.parameters(), lr=1e-5, foreach=False)
@@ -136,7 +149,7 @@ def _editor_steps(source, dtype: str, rank: int, seq_len: int) -> tuple[dict, in
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    out["meta_step"] = _measure(meta_step)
+    out["meta_step"] = _measure(meta_step, device)
     # the warm-up created Adam's moments, so they sit in the level the peak is measured above; they
     # are part of what a meta-training step needs beyond the weights and the editor (as in the plan)
     adam = sum(
@@ -149,20 +162,21 @@ def _editor_steps(source, dtype: str, rank: int, seq_len: int) -> tuple[dict, in
     return out, model.config.num_hidden_layers, weights
 
 
-def _fine_tuning_step(source, dtype: str, n_layers: int, seq_len: int) -> dict:
+def _fine_tuning_step(source, dtype: str, n_layers: int, seq_len: int, device: str) -> dict:
     """One full fine-tuning step (Adam on every weight) of the architecture cut to ``n_layers``."""
     from editor_nets.plan import DTYPES
 
-    model = _random_model(source, DTYPES[dtype], n_layers=n_layers).train().requires_grad_(True)
+    model = random_model(source, DTYPES[dtype], n_layers=n_layers, device=device)
+    model.train().requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5, foreach=False)
-    ids = torch.zeros(1, seq_len, dtype=torch.long)
+    ids = torch.zeros(1, seq_len, dtype=torch.long, device=device)
 
     def step():
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    out = _measure(step)
+    out = _measure(step, device)
     adam = sum(
         t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t)
     )
@@ -170,15 +184,15 @@ def _fine_tuning_step(source, dtype: str, n_layers: int, seq_len: int) -> dict:
     return out
 
 
-def measure(source, dtype: str, rank: int, seq_len: int) -> dict:
+def measure(source, dtype: str, rank: int, seq_len: int, device: str = "cpu") -> dict:
     from editor_nets.plan import memory_plan
 
     t0 = time.perf_counter()
     plan = memory_plan(source, dtype=dtype, rank=rank, seq_len=seq_len)
     print(f"[bench] edit-plan traced in {time.perf_counter() - t0:.0f}s", flush=True)
-    out, n_blocks, weights = _editor_steps(source, dtype, rank, seq_len)
+    out, n_blocks, weights = _editor_steps(source, dtype, rank, seq_len, device)
     gc.collect()
-    ft = {n: _fine_tuning_step(source, dtype, n, seq_len) for n in (1, 2)}
+    ft = {n: _fine_tuning_step(source, dtype, n, seq_len, device) for n in (1, 2)}
     per_block = {k: ft[2][k] - ft[1][k] for k in ("peak_above_gib", "seconds")}
     out["fine_tuning_step_extrapolated"] = {
         k: ft[1][k] + per_block[k] * (n_blocks - 1) for k in ("peak_above_gib", "seconds")
@@ -197,6 +211,10 @@ def measure(source, dtype: str, rank: int, seq_len: int) -> dict:
     return {
         "model": str(source) if not isinstance(source, Path) else source.name,
         "dtype": dtype,
+        "device": device,
+        "memory_measured_as": "resident set (/proc)"
+        if device == "cpu"
+        else "torch.cuda.max_memory_allocated",
         "rank": rank,
         "seq_len": seq_len,
         "n_parameters": plan.n_parameters,
@@ -227,11 +245,11 @@ def plot(result: dict, path: Path) -> None:
     labels = ["one edit", "batched edit (10)", "meta-training step", "full fine-tuning step\n(extrapolated)"]
     fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(12, 4.5))
     x = range(len(names))
-    ax_mem.bar([i - 0.2 for i in x], [m[n]["peak_above_gib"] for n in names], 0.4, label="measured (RSS)")
+    ax_mem.bar([i - 0.2 for i in x], [m[n]["peak_above_gib"] for n in names], 0.4, label="measured")
     ax_mem.bar([i + 0.2 for i in x], [result["plan_gib"].get(n) or 0 for n in names], 0.4, label="edit-plan")
     ax_mem.set_ylabel("GiB above weights + editor")
     ax_time.bar(list(x), [m[n]["seconds"] for n in names], 0.5)
-    ax_time.set_ylabel("seconds (CPU)")
+    ax_time.set_ylabel(f"seconds ({result['device']})")
     for ax in (ax_mem, ax_time):
         ax.set_xticks(list(x), labels, fontsize=8)
     ax_mem.legend()
@@ -253,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rank", type=int, default=1920)
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="a tiny Llama (a smoke run)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to measure on the first GPU")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale_memory.json")
     args = parser.parse_args(argv)
     _fixed_mmap_threshold()
@@ -262,7 +281,9 @@ def main(argv: list[str] | None = None) -> dict:
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_text(json.dumps(QUICK_CONFIG))
         args.rank = 64
-    result = {"machine": machine_info(), **measure(source, args.dtype, args.rank, args.seq_len)}
+    result = {"machine": machine_info(), **measure(source, args.dtype, args.rank, args.seq_len, args.device)}
+    if args.device != "cpu":
+        result["machine"]["gpu"] = torch.cuda.get_device_name(0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     plot(result, args.out.with_suffix(".png"))

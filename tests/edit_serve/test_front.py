@@ -5,37 +5,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import pytest
 
 from edit_serve import EditClient, EditItem, SamplingParams, ServeLimits
-from edit_serve.backend import LocalBackend
+from edit_serve.backend import LocalBackend, serving
 from edit_serve.front import start_grpc_server
-
-
-@contextmanager
-def local_front(service, **kwargs) -> Iterator[int]:
-    """Serve ``service`` through the front on 127.0.0.1 (a free port) from a background event loop."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    backend = LocalBackend(service)
-    server, port = asyncio.run_coroutine_threadsafe(
-        start_grpc_server(backend, port=0, **kwargs), loop
-    ).result(30)
-    try:
-        yield port
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(grace=0.5), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        for pool in (backend.writes, backend.generations, backend.queries):
-            pool.shutdown(wait=True)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +36,7 @@ def test_tls_and_token(make_service, tiny_artifacts, tls_files) -> None:
     cert, key = tls_files
     service = make_service()
     prompt, target = tiny_artifacts.prompts[0]
-    with local_front(service, token="t0k", tls_cert=cert, tls_key=key) as port:
+    with serving(service, token="t0k", tls_cert=cert, tls_key=key) as port:
         address = f"127.0.0.1:{port}"
         with EditClient(address, token="t0k", tls_root_cert=cert, timeout=30) as c:
             r = c.edit(prompt, target)
@@ -78,7 +55,7 @@ def test_tls_and_token(make_service, tiny_artifacts, tls_files) -> None:
 def test_message_size_limit_and_tls_arguments(make_service) -> None:
     service = make_service(max_message_bytes=2048)
     with (
-        local_front(service, limits=service.limits) as port,
+        serving(service, limits=service.limits) as port,
         EditClient(f"127.0.0.1:{port}", timeout=30) as c,
     ):
         with pytest.raises(grpc.RpcError) as err:

@@ -3,15 +3,17 @@ the sidecar's service (tensors created without the input's device fail here). Sk
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
 from world_models import world_gpt2
 
-from edit_serve import EditJournal, EditService, SamplingParams
+from edit_serve import EditItem, EditJournal, EditService, SamplingParams
 from editor_nets import (
     MendConfig,
     MendEditor,
@@ -53,8 +55,25 @@ def test_the_sidecar_service_edits_and_generates_on_the_gpu(on_gpu, tmp_path):
     editor = MendEditor.for_model(model, MendConfig(rank=8, alpha_init=0.1)).cuda()
     service = EditService(model, tok, editor, EditJournal(tmp_path / "journal"), device="cuda:0")
     r = world.records[0]
-    reply = service.edit(r.prompt, r.target)
+    reply = service.edit(EditItem(r.prompt, r.target))
     assert reply.target_logprob_after > reply.target_logprob_before
     assert service.generate(r.prompt, SamplingParams(max_new_tokens=2)).version == reply.version
+    digest = service.health(with_digest=True).weights_sha256
     service.rollback(edit_id=reply.edit_id)
+    assert service.health(with_digest=True).weights_sha256 != digest
+    service.close()
+
+
+def test_a_bf16_model_edits_and_rolls_back_bitwise_on_the_gpu(on_gpu, tmp_path):
+    model, tok, world = on_gpu
+    model = copy.deepcopy(model).to(torch.bfloat16)
+    editor = MendEditor.for_model(model, MendConfig(rank=8, alpha_init=0.1)).cuda()
+    service = EditService(model, tok, editor, EditJournal(tmp_path / "journal"), device="cuda:0")
+    digest0 = service.health(with_digest=True).weights_sha256
+    r = world.records[1]
+    reply = service.edit(EditItem(r.prompt, r.target))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert reply.target_logprob_after > reply.target_logprob_before
+    service.rollback(edit_id=reply.edit_id)
+    assert service.health(with_digest=True).weights_sha256 == digest0
     service.close()

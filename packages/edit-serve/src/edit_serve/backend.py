@@ -6,7 +6,8 @@ Serve deployment handle (``RayBackend``). Both offer the same two async calls:
 
 ``LocalBackend`` runs the blocking service methods in a thread pool, so the event loop never
 waits on the readers-writer lock or on the model. It is also what the Ray deployment uses
-inside its replica.
+inside its replica. ``serving(service)`` puts the gRPC front over a ``LocalBackend`` without Ray
+(tests, and machines where Ray is not installed).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from edit_serve.generation import GenerationStep
 from edit_serve.service import EditService, ServeError
 
-__all__ = ["LocalBackend", "RayBackend"]
+__all__ = ["LocalBackend", "RayBackend", "serving"]
 
 _DONE = object()
 
@@ -109,3 +111,28 @@ class RayBackend:
         finally:
             with contextlib.suppress(Exception):
                 responses.cancel()  # client went away: stop generating in the replica
+
+
+@contextlib.contextmanager
+def serving(service: EditService, **front: Any) -> Iterator[int]:
+    """Serve ``service`` through the gRPC front (``front``: ``start_grpc_server``'s options; a free
+    port on 127.0.0.1 by default) from a background event loop, without Ray; yields the port. On
+    exit the front stops and the backend's threads are joined (the service stays open)."""
+    from edit_serve.front import start_grpc_server
+
+    front.setdefault("port", 0)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True, name="edit-serve-front")
+    thread.start()
+    backend = LocalBackend(service)
+    try:
+        server, port = asyncio.run_coroutine_threadsafe(start_grpc_server(backend, **front), loop).result(30)
+        try:
+            yield port
+        finally:
+            asyncio.run_coroutine_threadsafe(server.stop(grace=0.5), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        for pool in (backend.writes, backend.generations, backend.queries):
+            pool.shutdown(wait=True)

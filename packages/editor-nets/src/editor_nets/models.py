@@ -173,8 +173,9 @@ def load_model(name_or_path: str | Path, *, num_gpus: int = 0) -> tuple[nn.Modul
     """``(model, tokenizer)`` from a local directory or a hub name, with the head its architecture
     names (causal LM, seq2seq or sequence classifier), in eval mode with every parameter frozen.
 
-    ``num_gpus`` 0 (or no CUDA) keeps it on the CPU; 1 puts it on ``cuda:0``; more split it with
-    ``device_map="auto"`` over exactly those GPUs, never offloading to CPU or disk (edits need
+    ``num_gpus`` 0 (or no CUDA at all: CPU tests of GPU settings) keeps it on the CPU; 1 puts it on
+    ``cuda:0``; more split it with ``device_map="auto"`` over exactly those GPUs (more than are
+    visible is a ``ValueError``), never offloading to CPU or disk (edits need
     backward through the edited layers and update weights in place), so a model that does not
     fit is a ``ValueError``, not a silent offload."""
     import transformers
@@ -184,9 +185,11 @@ def load_model(name_or_path: str | Path, *, num_gpus: int = 0) -> tuple[nn.Modul
     config = transformers.AutoConfig.from_pretrained(str(name_or_path))
     auto = auto_model_class(config)
     use_cuda = num_gpus > 0 and torch.cuda.is_available()
+    if use_cuda and num_gpus > torch.cuda.device_count():
+        raise ValueError(f"asked for {num_gpus} GPUs but {torch.cuda.device_count()} are visible")
     kwargs: dict[str, Any] = {}
-    if use_cuda and min(num_gpus, torch.cuda.device_count()) > 1:
-        n = min(num_gpus, torch.cuda.device_count())
+    if use_cuda and num_gpus > 1:
+        n = num_gpus
         kwargs["device_map"] = "auto"
         kwargs["max_memory"] = {i: torch.cuda.get_device_properties(i).total_memory for i in range(n)}
     model = auto.from_pretrained(str(name_or_path), **kwargs)
