@@ -442,10 +442,20 @@ def _claim_records(
     name: str = "world",
 ) -> list[EditRecord]:
     """Label-flip edits on the claims (task ``"classification"``): the rephrases are the same
-    claim in the relation's other statement templates."""
+    claim in the relation's other statement templates; locality: claims about other subjects;
+    hard locality: the claims about the same subject's other relations (the near misses), in
+    order, without drawing from ``rng`` (so the rest of the world does not change with them)."""
     by_name = {r.name: r for r in rels}
+    by_subject: dict[str, list[int]] = {}
+    for j, c in enumerate(claims):
+        by_subject.setdefault(c.subject, []).append(j)
     records: list[EditRecord] = []
     for i, c in enumerate(claims):
+        hard = [
+            LocalityExample(claims[j].text, claims[j].label)
+            for j in by_subject[c.subject]
+            if claims[j].relation != c.relation
+        ]
         r = by_name[c.relation]
         obj = _object_of(c.text, r, c.subject)
         rephrases = [_statement(s, c.subject, obj) for s in r.statements]
@@ -461,6 +471,7 @@ def _claim_records(
                 target="REFUTES" if c.label == "SUPPORTS" else "SUPPORTS",
                 rephrases=rephrases,
                 locality=locality,
+                hard_locality=hard,
                 original=c.label,
                 subject=c.subject,
                 relation=c.relation,

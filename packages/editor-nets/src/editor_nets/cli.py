@@ -34,6 +34,15 @@ plan_app = typer.Typer(
 )
 
 
+def _factcheck_config():
+    from editor_nets.factcheck import factcheck_config
+
+    return factcheck_config()
+
+
+PRESETS = {"factcheck-minilm": _factcheck_config}
+
+
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
@@ -56,16 +65,31 @@ def train(
     world: str = typer.Option(
         None, help="Built-in data for the default job: synthetic (the default) or iso3166 (real facts)."
     ),
+    preset: str = typer.Option(
+        None,
+        help="A second built-in job: factcheck-minilm (MEND on all-MiniLM-L6-v2 fact-checking real claims).",
+    ),
 ) -> None:
     """Pre-train (default job only), meta-train MEND, evaluate MEND/FT/FT+KL, write the report."""
     from editor_nets.pipeline import JobConfig, load_job_config, quick_config, run_default_job, run_job
 
+    if preset is not None:
+        if preset not in PRESETS:
+            raise _fail(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        if model is not None or data is not None or world is not None:
+            raise _fail("--preset is a built-in job; it does not go with --model, --data or --world")
     try:
-        job = load_job_config(config, quick_config() if quick else JobConfig())
+        base = PRESETS[preset]() if preset else JobConfig()
+        job = load_job_config(config, quick_config(base) if quick else base)
         if world is not None:
             job = dataclasses.replace(job, world=dataclasses.replace(job.world, name=world))
     except (ValueError, FileNotFoundError) as err:
         raise _fail(str(err)) from None
+    if preset is not None:
+        from editor_nets.pipeline import run_factcheck_job
+
+        run_factcheck_job(out or Path("runs") / preset, job, resume=resume)
+        return
     if model is None and data is None:
         default_out = Path("runs/default") if job.world.name == "synthetic" else Path("runs") / job.world.name
         run_default_job(out or default_out, job, resume=resume)

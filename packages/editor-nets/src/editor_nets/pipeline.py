@@ -22,6 +22,7 @@ from torch import nn
 
 from editor_nets.baselines import EditorSetup, build_editors, preserved_texts
 from editor_nets.evaluate import evaluate_editors
+from editor_nets.factcheck import FinetuneConfig
 from editor_nets.mend import MendConfig, MendEditor
 from editor_nets.models import model_info
 from editor_nets.pretrain import PretrainConfig, pretrain_causal_lm, qa_accuracy
@@ -147,12 +148,15 @@ class JobConfig:
     lifelong: MendConfig = field(default_factory=lambda: MendConfig(**DEFAULT_LIFELONG))
     lifelong_meta: MetaTrainConfig = field(default_factory=lambda: MetaTrainConfig(**DEFAULT_LIFELONG_META))
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # the fact-checking preset only
 
 
-def quick_config() -> JobConfig:
-    """A tiny configuration for smoke tests (well under a minute on one core)."""
+def quick_config(base: JobConfig | None = None) -> JobConfig:
+    """A tiny configuration for smoke tests (well under a minute on one core), on ``base``'s world."""
+    name = base.world.name if base is not None else "synthetic"
     return JobConfig(
-        world=WorldConfig(n_entities=30, fractions=(0.8, 0.1, 0.1)),
+        world=WorldConfig(name=name, n_entities=30, n_subdivisions=80, fractions=(0.8, 0.1, 0.1)),
+        finetune=FinetuneConfig(steps=4, warmup=2),
         pretrain=PretrainConfig(n_embd=32, n_layer=2, n_head=2, max_steps=60, eval_every=30, batch_size=32),
         mend=MendConfig(rank=64, alpha_init=0.1),
         meta=MetaTrainConfig(steps=6, grad_accum=1, val_every=3, val_edits=4, patience=5),
@@ -332,24 +336,14 @@ def run_job(
     return results
 
 
-def run_default_job(
-    out_dir: str | Path = "runs/default",
-    config: JobConfig | None = None,
-    *,
-    resume: bool = False,
-    say: Callable[[str], None] = print,
-) -> dict:
-    """The ``edit-train`` main job on the built-in synthetic world (all offline)."""
-    from edit_data import save_records, split_records, train_tokenizer
-
-    config = config or JobConfig()
-    t0 = time.perf_counter()
-    out = Path(out_dir).resolve()
-    metrics = MetricsLog(out / "metrics.jsonl", resume=resume)
-    _seed_everything(config.seed)
+def _world_splits(config: JobConfig, out: Path, say: Callable[[str], None], *, claims: bool = False):
+    """The built-in world of ``config.world``, its subject-disjoint splits of QA edits (or, with
+    ``claims``, of claim flips) saved under ``out/data``: ``(world, splits, data_dir)``."""
+    from edit_data import save_records, split_records
 
     world = config.world.build()
-    splits = split_records(world.records, config.world.fractions, seed=config.seed)
+    records = world.classification_records if claims else world.records
+    splits = split_records(records, config.world.fractions, seed=config.seed)
     data_dir = out / "data"
     save_records(
         splits,
@@ -358,9 +352,67 @@ def run_default_job(
     )
     (data_dir / "corpus.txt").write_text("".join(line + "\n" for line in world.corpus))
     say(
-        f"world: {len(world.facts)} facts, {len(world.corpus)} corpus lines, edits "
-        f"{ {k: len(v) for k, v in splits.items()} } -> {data_dir}"
+        f"world: {len(world.facts)} facts, {len(world.corpus)} corpus lines, "
+        f"{'claim flips' if claims else 'edits'} { {k: len(v) for k, v in splits.items()} } -> {data_dir}"
     )
+    return world, splits, data_dir
+
+
+def run_factcheck_job(
+    out_dir: str | Path = "runs/factcheck-minilm",
+    config: JobConfig | None = None,
+    *,
+    resume: bool = False,
+    say: Callable[[str], None] = print,
+) -> dict:
+    """``edit-train --preset factcheck-minilm``: all-MiniLM-L6-v2 fine-tuned on the real-facts
+    world's claims, then MEND and the other editors on claim flips (``editor_nets.factcheck``)."""
+    from editor_nets.factcheck import factcheck_config, finetune_classifier, load_minilm_classifier
+
+    config = config or factcheck_config()
+    t0 = time.perf_counter()
+    out = Path(out_dir).resolve()
+    metrics = MetricsLog(out / "metrics.jsonl", resume=resume)
+    _seed_everything(config.seed)
+    _, splits, _ = _world_splits(config, out, say, claims=True)
+    every = [r for split in splits.values() for r in split]
+    # every claim in its own template (the main job's model also learns every fact); the same
+    # claims in the templates it never saw measure what it learnt
+    train = [(r.prompt, r.original) for r in every]
+    held_out = [(p, r.original) for r in every for p in r.rephrases]
+    model, tokenizer = load_minilm_classifier(seed=config.seed)
+    tuned = finetune_classifier(model, tokenizer, train, held_out, config.finetune, log=metrics)
+    model_dir = out / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    say(
+        f"fine-tuned all-MiniLM-L6-v2 ({tuned['n_parameters']:,} parameters, {tuned['steps']} steps, "
+        f"{tuned['seconds']:.0f}s): claim accuracy {tuned['train_accuracy']:.3f} on the {len(train)} "
+        f"claims, {tuned['held_out_accuracy']:.3f} on the {len(held_out)} in unseen templates -> {model_dir}"
+    )
+    return run_job(
+        model, tokenizer, splits, out, config, base_model=str(model_dir), extra={"finetune": tuned},
+        resume=resume, metrics=metrics, started=t0, say=say,
+    )  # fmt: skip
+
+
+def run_default_job(
+    out_dir: str | Path = "runs/default",
+    config: JobConfig | None = None,
+    *,
+    resume: bool = False,
+    say: Callable[[str], None] = print,
+) -> dict:
+    """The ``edit-train`` main job on the built-in synthetic world (all offline)."""
+    from edit_data import train_tokenizer
+
+    config = config or JobConfig()
+    t0 = time.perf_counter()
+    out = Path(out_dir).resolve()
+    metrics = MetricsLog(out / "metrics.jsonl", resume=resume)
+    _seed_everything(config.seed)
+
+    world, splits, data_dir = _world_splits(config, out, say)
 
     # a Llama's tokenizer adds BOS in front of every text, as Llama's own does
     tokenizer = train_tokenizer(
