@@ -34,11 +34,15 @@ def test_stubs_use_a_relative_import_and_match_the_contract() -> None:
         "Edit",
         "Generate",
         "GenerateStream",
+        "Classify",
         "Rollback",
         "ListEdits",
         "GetEdit",
         "Health",
     }
+    from edit_serve.front import _METHODS
+
+    assert set(_METHODS) == {m.name for m in service.methods}  # the front answers every RPC
     assert hasattr(pb_grpc, "ModelEditServiceStub")
     assert pb.DESCRIPTOR.package == "modeledit.v1"
 

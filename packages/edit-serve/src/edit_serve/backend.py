@@ -49,6 +49,7 @@ class LocalBackend:
             "edit": self.writes,
             "rollback": self.writes,
             "generate": self.generations,
+            "classify": self.generations,
             "list_edits": self.queries,
             "get_edit": self.queries,
             "health": self.queries,

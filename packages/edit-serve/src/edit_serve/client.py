@@ -107,6 +107,10 @@ class EditClient:
         """The continuation of ``prompt`` (greedy by default) and the weight version that made it."""
         return self.stub.Generate(self._generate_request(prompt, sampling), **self._kw())
 
+    def classify(self, text: str) -> pb.ClassifyReply:
+        """The served classifier's label for ``text``, every label's probability, and the version."""
+        return self.stub.Classify(pb.ClassifyRequest(text=text), **self._kw())
+
     def generate_stream(
         self, prompt: str, sampling: SamplingParams | None = None
     ) -> Iterator[pb.GenerateChunk]:

@@ -2,7 +2,7 @@
 
 - binds 127.0.0.1 by default; any other address must be passed explicitly (``host``);
 - with a ``token``, ``Edit`` and ``Rollback`` need ``authorization: Bearer <token>`` in the call
-  metadata (``UNAUTHENTICATED`` otherwise); reads (Generate, List, Get, Health) stay open;
+  metadata (``UNAUTHENTICATED`` otherwise); reads (Generate, Classify, List, Get, Health) stay open;
 - optional TLS (``tls_cert`` + ``tls_key``, PEM files);
 - requests above ``limits.max_message_bytes`` are refused by gRPC with ``RESOURCE_EXHAUSTED``;
 - a request that is not valid protobuf (e.g. invalid UTF-8 in a string) gets ``INVALID_ARGUMENT``
@@ -138,6 +138,12 @@ class ModelEditServicer:
         except Exception as err:
             await self._fail(context, err)
 
+    async def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyReply:
+        await self._check(request, context)
+        return pb.ClassifyReply(**asdict(await self._call(context, "classify", text=request.text)))
+
     async def Rollback(
         self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext
     ) -> pb.RollbackReply:
@@ -174,6 +180,7 @@ _METHODS = {
     "Edit": ("unary", pb.EditRequest, pb.EditReply),
     "Generate": ("unary", pb.GenerateRequest, pb.GenerateReply),
     "GenerateStream": ("stream", pb.GenerateRequest, pb.GenerateChunk),
+    "Classify": ("unary", pb.ClassifyRequest, pb.ClassifyReply),
     "Rollback": ("unary", pb.RollbackRequest, pb.RollbackReply),
     "ListEdits": ("unary", pb.ListEditsRequest, pb.ListEditsReply),
     "GetEdit": ("unary", pb.GetEditRequest, pb.EditInfo),

@@ -33,22 +33,19 @@ def device_label(model: nn.Module) -> str:
 
 
 def load_served(model_dir: str | Path, editor_dir: str | Path, *, num_gpus: int = 0) -> LoadedModel:
-    """A causal or seq2seq LM + tokenizer from ``model_dir`` and a ``MendEditor`` from ``editor_dir``.
+    """A model (causal or seq2seq LM, or sequence classifier) + tokenizer from ``model_dir`` and a
+    ``MendEditor`` from ``editor_dir``.
 
-    Raises ``FileNotFoundError`` naming a missing directory, ``ValueError`` when the model is not
-    a language model (a classifier), does not fit on the GPUs, or the editor does not fit the model.
+    Raises ``FileNotFoundError`` naming a missing directory, ``ValueError`` when the model does
+    not fit on the GPUs or the editor does not fit the model.
     """
-    from editor_nets import MendEditor, load_model, model_kind
+    from editor_nets import MendEditor, load_model
 
     model_dir, editor_dir = Path(model_dir), Path(editor_dir)
     for what, d in (("model", model_dir), ("editor", editor_dir)):
         if not d.is_dir():
             raise FileNotFoundError(f"{what} directory {d} does not exist")
     model, tokenizer = load_model(model_dir, num_gpus=num_gpus)
-    if model_kind(model) not in ("causal", "seq2seq"):
-        raise ValueError(
-            f"{model_dir}: edit-serve serves causal and seq2seq LMs; this is a {model_kind(model)} model"
-        )
     editor = MendEditor.from_pretrained(editor_dir, model=model)
     editor.to(model.get_input_embeddings().weight.device)
     return LoadedModel(model, tokenizer, editor, device_label(model))

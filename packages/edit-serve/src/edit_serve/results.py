@@ -7,7 +7,16 @@ from dataclasses import dataclass, field
 
 from edit_serve.requests import EditItem
 
-__all__ = ["EditInfo", "EditItemResult", "EditResult", "GenerateResult", "HealthInfo", "RollbackResult"]
+__all__ = [
+    "ClassifyResult",
+    "EditInfo",
+    "EditItemResult",
+    "EditResult",
+    "GenerateResult",
+    "HealthInfo",
+    "LabelProbability",
+    "RollbackResult",
+]
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,21 @@ class EditResult:
 class GenerateResult:
     text: str
     num_tokens: int
+    version: int
+
+
+@dataclass(frozen=True)
+class LabelProbability:
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """The most probable label, every label's probability (in the model's label order), the version."""
+
+    label: str
+    probabilities: list[LabelProbability]
     version: int
 
 

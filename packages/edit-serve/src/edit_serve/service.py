@@ -33,16 +33,18 @@ from edit_serve.requests import (
     invalid,
 )
 from edit_serve.results import (
+    ClassifyResult,
     EditInfo,
     EditItemResult,
     EditResult,
     GenerateResult,
     HealthInfo,
+    LabelProbability,
     RollbackResult,
 )
 from edit_serve.rwlock import ReadWriteLock
 from edit_serve.weights import WeightStore
-from editor_nets import EditDelta, model_kind, score_targets, weights_digest
+from editor_nets import EditDelta, label_id, model_kind, score_targets, weights_digest
 from editor_nets.ridge import KeyMemory
 
 __all__ = ["EditService"]
@@ -80,7 +82,7 @@ class EditService:
         device: str = "cpu",
     ) -> None:
         self.model = model.eval()
-        self.kind = model_kind(model)  # "causal" or "seq2seq"
+        self.kind = model_kind(model)  # "causal", "seq2seq" or "classifier"
         self.tokenizer = tokenizer
         self.editor = editor
         self.journal = journal
@@ -139,10 +141,10 @@ class EditService:
     # ------------------------------------------------------------ helpers
     def _prompt_ids(self, prompt: str) -> torch.Tensor:
         """``[1, T]``: the prompt as edits see it: ``edit_data.encode_prompt`` for a causal LM, the
-        encoder input with all its special tokens (as ``collate_seq2seq``) for a seq2seq model."""
+        text with all the tokenizer's special tokens for a seq2seq model's encoder or a classifier."""
         from edit_data import encode_prompt
 
-        if self.kind == "seq2seq":
+        if self.kind in ("seq2seq", "classifier"):  # as collate_seq2seq / collate_classifier
             return torch.tensor([self.tokenizer(prompt)["input_ids"]], dtype=torch.long)
         return torch.tensor([encode_prompt(self.tokenizer, prompt)], dtype=torch.long)
 
@@ -160,6 +162,11 @@ class EditService:
     # ------------------------------------------------------------ Edit
     def _check_edit_tokens(self, items: Sequence[EditItem]) -> None:
         for i, item in enumerate(items):
+            if self.kind == "classifier":
+                try:
+                    label_id(self.model, item.target.strip())
+                except ValueError as err:
+                    raise invalid(f"{_where(i, len(items))}target: {err}") from err
             n_target = len(self.tokenizer(" " + item.target.strip(), add_special_tokens=False)["input_ids"])
             for name, p in [
                 ("prompt", item.prompt),
@@ -304,21 +311,41 @@ class EditService:
         with self._inflight_lock:
             self._inflight -= 1
 
+    def _served_as(self, rpc: str, classifier: bool) -> None:
+        """``FAILED_PRECONDITION`` naming the served model when ``rpc`` is not for it."""
+        if (self.kind == "classifier") != classifier:
+            wanted = "a sequence classifier" if classifier else "a language model (causal or seq2seq)"
+            served = (
+                f"{self.model_name} ({type(self.model).__name__})"
+                if self.model_name
+                else type(self.model).__name__
+            )
+            raise ServeError(
+                "FAILED_PRECONDITION",
+                f"{rpc} needs {wanted}; the served model {served} is a {self.kind} model",
+            )
+
+    def _checked_ids(self, name: str, text: str) -> torch.Tensor:
+        check_text(name, text, self.limits)
+        ids = self._prompt_ids(text)
+        if ids.shape[1] == 0:
+            raise invalid(f"{name} has no tokens")
+        if ids.shape[1] > self.max_prompt_tokens:
+            raise ServeError(
+                "RESOURCE_EXHAUSTED",
+                f"{name} is {ids.shape[1]} tokens; the limit is {self.max_prompt_tokens}",
+            )
+        return ids
+
     def generate_stream(self, prompt: str, sampling: SamplingParams | None = None) -> GenerationStream:
         """Validate now (raises ``ServeError`` before any text), then iterate ``(step, version)``.
 
         The read lock is taken at the first step and held until the last, so every piece comes
         from the same weights (the version). ``close()`` the stream to release it early."""
+        self._served_as("Generate", classifier=False)
         check_text("prompt", prompt, self.limits)
         params = (sampling or SamplingParams()).validated(self.limits)
-        ids = self._prompt_ids(prompt)
-        if ids.shape[1] == 0:
-            raise invalid("prompt has no tokens")
-        if ids.shape[1] > self.max_prompt_tokens:
-            raise ServeError(
-                "RESOURCE_EXHAUSTED",
-                f"prompt is {ids.shape[1]} tokens; the limit is {self.max_prompt_tokens}",
-            )
+        ids = self._checked_ids("prompt", prompt)
         self._enter_generation()
         return GenerationStream(
             self.model, self.tokenizer, ids, params, self.lock, lambda: self.version, self._leave_generation
@@ -333,6 +360,30 @@ class EditService:
             stream.close()
         return GenerateResult(
             "".join(s.text for s in steps), steps[-1].num_tokens if steps else 0, stream.version
+        )
+
+    # ------------------------------------------------------------ Classify
+    def classify(self, text: str) -> ClassifyResult:
+        """The served classifier's label for ``text`` and every label's probability, read under the
+        read lock (one version)."""
+        self._served_as("Classify", classifier=True)
+        ids = self._checked_ids("text", text)
+        self._enter_generation()
+        try:
+            with self.lock.read(), torch.no_grad():
+                version = self.version
+                device = self.model.get_input_embeddings().weight.device
+                logits = self.model(
+                    input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device)
+                ).logits
+        finally:
+            self._leave_generation()
+        probs = torch.softmax(logits[0].float(), dim=-1).cpu().tolist()
+        names = getattr(self.model.config, "id2label", None) or {}
+        labels = [str(names.get(i, i)) for i in range(len(probs))]
+        best = max(range(len(probs)), key=probs.__getitem__)
+        return ClassifyResult(
+            labels[best], [LabelProbability(n, p) for n, p in zip(labels, probs, strict=True)], version
         )
 
     # ------------------------------------------------------------ Rollback

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class ModelEditServiceStub:
-    """Edit, query and undo the knowledge of one served language model.
+    """Edit, query and undo the knowledge of one served model: a language model (Generate) or a
+    sequence classifier such as a fact-checker (Classify). Calling the one the served model does not
+    answer is FAILED_PRECONDITION, naming what the served model is.
     """
 
     def __init__(self, channel):
@@ -49,6 +51,11 @@ class ModelEditServiceStub:
                 '/modeledit.v1.ModelEditService/GenerateStream',
                 request_serializer=modeledit_dot_v1_dot_modeledit__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=modeledit_dot_v1_dot_modeledit__pb2.GenerateChunk.FromString,
+                _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/modeledit.v1.ModelEditService/Classify',
+                request_serializer=modeledit_dot_v1_dot_modeledit__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=modeledit_dot_v1_dot_modeledit__pb2.ClassifyReply.FromString,
                 _registered_method=True)
         self.Rollback = channel.unary_unary(
                 '/modeledit.v1.ModelEditService/Rollback',
@@ -73,7 +80,9 @@ class ModelEditServiceStub:
 
 
 class ModelEditServiceServicer:
-    """Edit, query and undo the knowledge of one served language model.
+    """Edit, query and undo the knowledge of one served model: a language model (Generate) or a
+    sequence classifier such as a fact-checker (Classify). Calling the one the served model does not
+    answer is FAILED_PRECONDITION, naming what the served model is.
     """
 
     def Edit(self, request, context):
@@ -96,6 +105,14 @@ class ModelEditServiceServicer:
         """Same as Generate, streamed: each message carries the text that became certain since the last
         one (a token or more; text that may still turn out to start a stop string is held back), the
         last one has done=true. Concatenated, the texts equal Generate's text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Classify(self, request, context):
+        """The label a served classifier gives a text, with the current weights. An Edit of a classifier
+        takes the text as prompt and the new label as target.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +161,11 @@ def add_ModelEditServiceServicer_to_server(servicer, server):
                     request_deserializer=modeledit_dot_v1_dot_modeledit__pb2.GenerateRequest.FromString,
                     response_serializer=modeledit_dot_v1_dot_modeledit__pb2.GenerateChunk.SerializeToString,
             ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=modeledit_dot_v1_dot_modeledit__pb2.ClassifyRequest.FromString,
+                    response_serializer=modeledit_dot_v1_dot_modeledit__pb2.ClassifyReply.SerializeToString,
+            ),
             'Rollback': grpc.unary_unary_rpc_method_handler(
                     servicer.Rollback,
                     request_deserializer=modeledit_dot_v1_dot_modeledit__pb2.RollbackRequest.FromString,
@@ -173,7 +195,9 @@ def add_ModelEditServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ModelEditService:
-    """Edit, query and undo the knowledge of one served language model.
+    """Edit, query and undo the knowledge of one served model: a language model (Generate) or a
+    sequence classifier such as a fact-checker (Classify). Calling the one the served model does not
+    answer is FAILED_PRECONDITION, naming what the served model is.
     """
 
     @staticmethod
@@ -247,6 +271,33 @@ class ModelEditService:
             '/modeledit.v1.ModelEditService/GenerateStream',
             modeledit_dot_v1_dot_modeledit__pb2.GenerateRequest.SerializeToString,
             modeledit_dot_v1_dot_modeledit__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeledit.v1.ModelEditService/Classify',
+            modeledit_dot_v1_dot_modeledit__pb2.ClassifyRequest.SerializeToString,
+            modeledit_dot_v1_dot_modeledit__pb2.ClassifyReply.FromString,
             options,
             channel_credentials,
             insecure,
