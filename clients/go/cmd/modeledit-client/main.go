@@ -10,6 +10,8 @@
 //  6. Generate (greedy)            -> the text after the rollback
 //  7. Health                       -> the final weight version
 //
+// With -classify the served model is a classifier (a fact-checker): steps 2, 4 and 6 are Classify
+// calls of the prompt (label, probabilities, version) and the target is the new label.
 // With -digest, both Health calls also ask for the sha256 of all weights, so a caller can check
 // that the rollback restored them bitwise.
 // Edit and Rollback carry the token in the call metadata as "authorization: Bearer <token>".
@@ -45,6 +47,13 @@ type GenerateResult struct {
 	Version   uint64 `json:"version"`
 }
 
+// ClassifyResult is one Classify answer.
+type ClassifyResult struct {
+	Label         string             `json:"label"`
+	Probabilities map[string]float64 `json:"probabilities"`
+	Version       uint64             `json:"version"`
+}
+
 // EditResult is the Edit answer.
 type EditResult struct {
 	EditID              string  `json:"edit_id"`
@@ -63,21 +72,24 @@ type RollbackResult struct {
 
 // Report is everything the program prints, as one JSON object.
 type Report struct {
-	Addr                  string         `json:"addr"`
-	HealthStatus          string         `json:"health_status"`
-	Model                 string         `json:"model"`
-	Device                string         `json:"device"`
-	VersionStart          uint64         `json:"version_start"`
-	WeightsSha256Start    string         `json:"weights_sha256_start,omitempty"`
-	EditWithoutTokenCode  string         `json:"edit_without_token_code,omitempty"`
-	GenerateBefore        GenerateResult `json:"generate_before"`
-	Edit                  EditResult     `json:"edit"`
-	GenerateAfter         GenerateResult `json:"generate_after"`
-	Rollback              RollbackResult `json:"rollback"`
-	GenerateAfterRollback GenerateResult `json:"generate_after_rollback"`
-	VersionEnd            uint64         `json:"version_end"`
-	ActiveEditsEnd        uint32         `json:"active_edits_end"`
-	WeightsSha256End      string         `json:"weights_sha256_end,omitempty"`
+	Addr                  string          `json:"addr"`
+	HealthStatus          string          `json:"health_status"`
+	Model                 string          `json:"model"`
+	Device                string          `json:"device"`
+	VersionStart          uint64          `json:"version_start"`
+	WeightsSha256Start    string          `json:"weights_sha256_start,omitempty"`
+	EditWithoutTokenCode  string          `json:"edit_without_token_code,omitempty"`
+	GenerateBefore        *GenerateResult `json:"generate_before,omitempty"`
+	ClassifyBefore        *ClassifyResult `json:"classify_before,omitempty"`
+	Edit                  EditResult      `json:"edit"`
+	GenerateAfter         *GenerateResult `json:"generate_after,omitempty"`
+	ClassifyAfter         *ClassifyResult `json:"classify_after,omitempty"`
+	Rollback              RollbackResult  `json:"rollback"`
+	GenerateAfterRollback *GenerateResult `json:"generate_after_rollback,omitempty"`
+	ClassifyAfterRollback *ClassifyResult `json:"classify_after_rollback,omitempty"`
+	VersionEnd            uint64          `json:"version_end"`
+	ActiveEditsEnd        uint32          `json:"active_edits_end"`
+	WeightsSha256End      string          `json:"weights_sha256_end,omitempty"`
 }
 
 type failure struct {
@@ -101,6 +113,7 @@ func main() {
 	maxNew := flag.Uint("max-new-tokens", 8, "tokens to generate for each Generate call")
 	key := flag.String("idempotency-key", "", "Edit idempotency key (default: go-client-<unix nanos>)")
 	digest := flag.Bool("digest", false, "ask Health for the sha256 of all weights at start and end")
+	classify := flag.Bool("classify", false, "the served model is a classifier: Classify instead of Generate")
 	checkAuth := flag.Bool("check-auth", false, "first send an Edit without the token and record the status code")
 	timeout := flag.Duration("timeout", 120*time.Second, "deadline of each call")
 	flag.Parse()
@@ -131,7 +144,10 @@ func main() {
 		}
 		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+*token)
 	}
-	generate := func(step string) GenerateResult {
+	generate := func(step string) *GenerateResult {
+		if *classify {
+			return nil
+		}
 		ctx, cancel := call()
 		defer cancel()
 		seed := uint64(0)
@@ -141,7 +157,23 @@ func main() {
 		if err != nil {
 			fail(step, err)
 		}
-		return GenerateResult{Text: r.GetText(), NumTokens: r.GetNumTokens(), Version: r.GetVersion()}
+		return &GenerateResult{Text: r.GetText(), NumTokens: r.GetNumTokens(), Version: r.GetVersion()}
+	}
+	classifyPrompt := func(step string) *ClassifyResult {
+		if !*classify {
+			return nil
+		}
+		ctx, cancel := call()
+		defer cancel()
+		r, err := client.Classify(ctx, &pb.ClassifyRequest{Text: *prompt})
+		if err != nil {
+			fail(step, err)
+		}
+		probs := map[string]float64{}
+		for _, p := range r.GetProbabilities() {
+			probs[p.GetLabel()] = p.GetProbability()
+		}
+		return &ClassifyResult{Label: r.GetLabel(), Probabilities: probs, Version: r.GetVersion()}
 	}
 
 	rep := Report{Addr: *addr}
@@ -172,6 +204,7 @@ func main() {
 	}
 
 	rep.GenerateBefore = generate("generate_before")
+	rep.ClassifyBefore = classifyPrompt("classify_before")
 
 	ctx, cancel := call()
 	e, err := client.Edit(authed(ctx), editReq)
@@ -186,6 +219,7 @@ func main() {
 	}
 
 	rep.GenerateAfter = generate("generate_after")
+	rep.ClassifyAfter = classifyPrompt("classify_after")
 
 	ctx, cancel = call()
 	rb, err := client.Rollback(authed(ctx), &pb.RollbackRequest{What: &pb.RollbackRequest_EditId{EditId: e.GetEditId()}})
@@ -199,6 +233,7 @@ func main() {
 	}
 
 	rep.GenerateAfterRollback = generate("generate_after_rollback")
+	rep.ClassifyAfterRollback = classifyPrompt("classify_after_rollback")
 
 	h = health("health_end")
 	rep.VersionEnd, rep.ActiveEditsEnd, rep.WeightsSha256End = h.GetVersion(), h.GetActiveEdits(), h.GetWeightsSha256()
