@@ -170,6 +170,7 @@ def test_the_factcheck_preset_edits_a_real_pretrained_classifier(tmp_path):
     assert report["model"]["kind"] == "classifier" and report["model"]["n_parameters"] > 20_000_000
     tuned = report["finetune"]
     assert tuned["steps"] == 4 and 0.0 <= tuned["held_out_accuracy"] <= 1.0 and tuned["n_held_out_claims"] > 0
+    assert list(report["methods"]) == ["LifelongMEND", "MEND", "FT", "FT+KL"]
     for method in ("MEND", "LifelongMEND", "FT", "FT+KL"):
         assert {"es_edit", "es_rephrase", "dd_locality", "dd_hard_locality"} <= set(report["methods"][method])
     data = json.loads((tmp_path / "fc" / "data" / "edit_data.json").read_text())

@@ -152,8 +152,10 @@ class JobConfig:
 
 
 def quick_config(base: JobConfig | None = None) -> JobConfig:
-    """A tiny configuration for smoke tests (well under a minute on one core), on ``base``'s world."""
-    name = base.world.name if base is not None else "synthetic"
+    """A tiny configuration for smoke tests (well under a minute on one core), on ``base``'s world
+    with ``base``'s editors."""
+    base = base or JobConfig()
+    name = base.world.name
     return JobConfig(
         world=WorldConfig(name=name, n_entities=30, n_subdivisions=80, fractions=(0.8, 0.1, 0.1)),
         finetune=FinetuneConfig(steps=4, warmup=2),
@@ -165,6 +167,7 @@ def quick_config(base: JobConfig | None = None) -> JobConfig:
             steps=6, grad_accum=1, val_every=3, val_edits=4, patience=5, sequence_length=3
         ),
         eval=EvalConfig(
+            editors=base.eval.editors,
             modes=("single", "sequential"),
             n_sequential=3,
             max_records=6,
