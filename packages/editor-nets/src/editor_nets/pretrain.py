@@ -64,9 +64,12 @@ def qa_accuracy(
     model: nn.Module, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 256
 ) -> float:
     """Share of prompts whose answer the model produces exactly (teacher-forced argmax on every
-    answer token, which equals greedy decoding of the answer)."""
+    answer token, which equals greedy decoding of the answer; for a classifier, the predicted
+    label). Any kind of model (``editor_nets.scoring``)."""
+    if not prompts:
+        return 0.0
     with eval_mode(model):
-        hits = score_targets(model, tokenizer, prompts, answers, kind="causal", batch_size=batch_size).exact
+        hits = score_targets(model, tokenizer, prompts, answers, batch_size=batch_size).exact
     return float(hits.float().mean()) if len(hits) else 0.0
 
 
