@@ -182,17 +182,26 @@ def classifier_dirs(tmp_path_factory):
     return root / "model", root / "editor"
 
 
+def service_for(model_dir: Path, editor_dir: Path, journal_dir: Path, *, model_name: str = ""):
+    """An ``EditService`` on the model and editor directories as ``edit-serve`` loads them, with the
+    journal in ``journal_dir`` (replayed if it has entries). Close it when done."""
+    from edit_serve import EditJournal, EditService
+    from edit_serve.loading import load_served
+
+    loaded = load_served(model_dir, editor_dir)
+    return EditService(
+        loaded.model, loaded.tokenizer, loaded.editor, EditJournal(journal_dir), model_name=model_name
+    )
+
+
+@pytest.fixture
+def serve_dirs():
+    """``serve_dirs(model_dir, editor_dir, journal_dir, model_name="") -> EditService`` (``service_for``)."""
+    return service_for
+
+
 @pytest.fixture
 def make_classifier_service(classifier_dirs):
     """``make_classifier_service(journal_dir) -> EditService`` serving the ``classifier_dirs``
     fact-checker under the name "fact-checker" (close it when done)."""
-    from edit_serve import EditJournal, EditService
-    from edit_serve.loading import load_served
-
-    def make(journal_dir: Path):
-        loaded = load_served(*classifier_dirs)
-        return EditService(
-            loaded.model, loaded.tokenizer, loaded.editor, EditJournal(journal_dir), model_name="fact-checker"
-        )
-
-    return make
+    return lambda journal_dir: service_for(*classifier_dirs, journal_dir, model_name="fact-checker")

@@ -10,8 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edit_serve import EditItem, EditJournal, EditService, SamplingParams
-from edit_serve.loading import load_served
+from edit_serve import EditItem, SamplingParams
 from editor_nets import load_model
 
 
@@ -24,17 +23,14 @@ def half_model_dir(request, tiny_artifacts, tmp_path):
     return out, request.param
 
 
-def _service(model_dir, editor_dir, journal_dir) -> EditService:
-    loaded = load_served(model_dir, editor_dir)
-    return EditService(loaded.model, loaded.tokenizer, loaded.editor, EditJournal(journal_dir))
-
-
 @pytest.mark.filterwarnings("ignore:the model's edited weights differ")
-def test_half_precision_edit_serve_rollback_replay(half_model_dir, tiny_artifacts, tmp_path) -> None:
+def test_half_precision_edit_serve_rollback_replay(
+    half_model_dir, tiny_artifacts, serve_dirs, tmp_path
+) -> None:
     model_dir, dtype = half_model_dir
     (p1, t1), (p2, t2) = tiny_artifacts.prompts[:2]
     greedy = SamplingParams(max_new_tokens=4)
-    service = _service(model_dir, tiny_artifacts.editor_dir, tmp_path / "journal")
+    service = serve_dirs(model_dir, tiny_artifacts.editor_dir, tmp_path / "journal")
     try:
         assert {p.dtype for p in service.model.parameters()} == {dtype}
         digest0 = service.health(with_digest=True).weights_sha256
@@ -52,7 +48,7 @@ def test_half_precision_edit_serve_rollback_replay(half_model_dir, tiny_artifact
         service.close()
 
     # a restart replays the journal onto the saved half-precision weights: the same bits
-    service = _service(model_dir, tiny_artifacts.editor_dir, tmp_path / "journal")
+    service = serve_dirs(model_dir, tiny_artifacts.editor_dir, tmp_path / "journal")
     try:
         assert service.health(with_digest=True).weights_sha256 == digest2
         service.rollback(edit_id=second.edit_id)
