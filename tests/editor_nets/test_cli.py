@@ -30,11 +30,23 @@ def test_quick_main_job_writes_everything(quick_run):
                 "report.json", "report.png", "metrics.jsonl"):  # fmt: skip
         assert (out / rel).is_file(), rel
     report = json.loads((out / "report.json").read_text())
-    assert list(report["methods"]) == ["LifelongMEND", "MEND", "Ridge", "FT", "FT+KL"]
-    for method in ("MEND", "FT", "FT+KL"):
+    assert list(report["methods"]) == [
+        "LifelongMEND",
+        "MEND",
+        "Ridge",
+        "FT",
+        "FT+KL",
+        "ROME",
+        "MEMIT",
+        "AlphaEdit",
+        "KN",
+    ]
+    for method in ("MEND", "FT", "FT+KL", "ROME", "MEMIT", "AlphaEdit", "KN"):
         entry = report["methods"][method]
         for key in ("es_edit", "es_rephrase", "dd_locality", "dd_hard_locality", "edit_latency_ms_median"):
             assert key in entry, (method, key)
+    stats = report["methods"]["MEMIT"]["key_statistics"]  # the one-off cost and what it was taken over
+    assert stats["n_texts"] > 0 and stats["n_tokens"] > stats["n_texts"] and stats["seconds"] >= 0
     seq = report["methods"]["MEND"]["sequential"]
     assert {"n_edits", "es", "dd_locality"} <= set(seq)
     assert 0.0 <= report["pretrain"]["qa_accuracy"] <= 1.0
@@ -95,9 +107,20 @@ def test_eval_command(quick_run, tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert list(json.loads((tmp_path / "report.json").read_text())["methods"]) == ["FT", "MEND"]
     result = runner.invoke(
-        eval_app, ["--editor", str(out / "editor"), "--data", str(out / "data"), "--editors", "MEND,ROME"]
+        eval_app, ["--editor", str(out / "editor"), "--data", str(out / "data"), "--editors", "MEND,SERAC"]
     )
-    assert result.exit_code == 2 and "ROME" in result.output and "known editors" in result.output
+    assert result.exit_code == 2 and "SERAC" in result.output and "known editors" in result.output
+    # editors without training need only the model; their key statistics come from data/corpus.txt
+    result = runner.invoke(
+        eval_app,
+        ["--model", str(out / "model"), "--data", str(out / "data"), "--modes", "single", "--editors", "ROME,KN",
+         "--stats-samples", "40", "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    rome = json.loads((tmp_path / "report.json").read_text())["methods"]["ROME"]
+    assert rome["key_statistics"]["n_texts"] == 40 and "corpus.txt" in rome["key_statistics"]["source"]
+    result = runner.invoke(eval_app, ["--model", str(out / "model"), "--data", str(out / "data")])
+    assert result.exit_code == 2 and "--editors" in result.output
     # the lifelong editor under its own name, with lifelong curves
     result = runner.invoke(
         eval_app,
@@ -195,3 +218,32 @@ def test_bad_config_and_arguments_are_named(tmp_path):
     bad.write_text('{"pretrain": {"architecture": "mamba"}}')
     result = runner.invoke(train_app, ["--config", str(bad), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "architecture" in result.output and "mamba" in result.output
+
+
+@pytest.mark.slow
+def test_trace_command_draws_the_causal_trace(quick_run, tmp_path):
+    from edit_data import load_saved
+    from editor_nets.cli import trace_app
+
+    out, _ = quick_run
+    record = load_saved(out / "data")["train"][0]
+    png = tmp_path / "trace.png"
+    args = [
+        "--model",
+        str(out / "model"),
+        "--prompt",
+        record.prompt,
+        "--subject",
+        record.subject,
+        "--out",
+        str(png),
+    ]
+    result = runner.invoke(trace_app, [*args, "--n-noise", "3"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert png.read_bytes()[:4] == b"\x89PNG" and "strongest MLP site" in result.output
+    sites = json.loads(png.with_suffix(".json").read_text())
+    assert [t["site"] for t in sites] == ["hidden", "mlp"] and len(sites[0]["effects"]) == len(
+        sites[0]["tokens"]
+    )
+    result = runner.invoke(trace_app, [*args[:4], "--subject", "Nobody", "--out", str(png)])
+    assert result.exit_code == 2 and "does not occur" in result.output

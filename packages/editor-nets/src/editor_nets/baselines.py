@@ -227,7 +227,9 @@ class FTKLEditor(FTEditor):
 class EditorSetup:
     """What a registered editor is built from: the edited layers, the training edits (FT+KL's
     locality pool, the least-squares editors' preserved text), trained editors by name, the
-    fine-tuning baselines' budget, and the model and tokenizer (for statistics of the base model)."""
+    fine-tuning baselines' budget, and the model and tokenizer (for statistics of the base model).
+    The locate-then-edit editors take their key statistics over ``corpus`` (an
+    ``editor_nets.keystats.Corpus``; default the built-in world's), cached in ``stats_cache``."""
 
     targets: Sequence[str] | None = None
     train_records: Sequence[Any] = ()
@@ -236,6 +238,8 @@ class EditorSetup:
     ft_max_steps: int = 40
     model: Any = None
     tokenizer: Any = None
+    corpus: Any = None
+    stats_cache: str | None = None
 
 
 def _trained(name: str) -> Callable[[EditorSetup], Editor]:
@@ -266,6 +270,36 @@ def _ridge(setup: EditorSetup) -> Editor:
     )
 
 
+def _located(name: str) -> Callable[[EditorSetup], Editor]:
+    """The factory of a locate-then-edit editor: key statistics of every block's MLP output matrix
+    (cached), and the fact token (and ROME's layer) found by causal tracing of training edits."""
+
+    def build(setup: EditorSetup) -> Editor:
+        from editor_nets.keystats import key_statistics, read_corpus
+        from editor_nets.locate import LOCATE_EDITORS, mlp_output_layers, require_causal
+        from editor_nets.trace import locate_facts
+
+        if setup.model is None or setup.tokenizer is None:
+            raise ValueError(f"{name} needs the model and its tokenizer (EditorSetup.model, .tokenizer)")
+        require_causal(setup.model, name)
+        cls = LOCATE_EDITORS[name]
+        settings: dict[str, Any] = {}
+        if name != "KN":
+            corpus = setup.corpus if setup.corpus is not None else read_corpus()
+            layers = mlp_output_layers(setup.model)
+            settings["statistics"] = key_statistics(
+                setup.model, setup.tokenizer, layers, corpus, cache_dir=setup.stats_cache
+            )
+            if setup.train_records:
+                site = locate_facts(setup.model, setup.tokenizer, setup.train_records)
+                settings["fact_token"] = site.fact_token
+                if name == "ROME":
+                    settings["layer"] = site.layer
+        return cls(**settings)
+
+    return build
+
+
 EDITORS: dict[str, Callable[[EditorSetup], Editor]] = {
     "MEND": _trained("MEND"),
     "LifelongMEND": _trained("LifelongMEND"),
@@ -277,6 +311,7 @@ EDITORS: dict[str, Callable[[EditorSetup], Editor]] = {
         max_steps=s.ft_max_steps,
         locality=locality_examples_from(s.train_records),
     ),
+    **{name: _located(name) for name in ("ROME", "MEMIT", "AlphaEdit", "KN")},
 }
 
 

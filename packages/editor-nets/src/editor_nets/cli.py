@@ -7,6 +7,8 @@
   any registered editors beside it (single, batched, sequential).
 * ``edit-apply --editor DIR --prompt ... --target ... [--rephrase ...]`` makes one edit and prints
   the model's answers before and after.
+* ``edit-trace --model DIR --prompt ... --subject ...`` draws the causal trace of one fact (where
+  the model recalls it: the token and block ROME should edit) as PNG + JSON.
 * ``edit-plan --model CONFIG_OR_DIR [--dtype bf16] [--targets ...] [--rank ...]`` prints the memory
   that editing, meta-training and serving the model need on 1, 2, 4 and 8 GPUs, without loading
   any weights (``editor_nets.plan``).
@@ -22,7 +24,7 @@ import typer
 
 from editor_nets.models import load_model
 
-__all__ = ["apply_app", "eval_app", "plan_app", "train_app"]
+__all__ = ["apply_app", "eval_app", "plan_app", "trace_app", "train_app"]
 
 train_app = typer.Typer(
     add_completion=False, help="Meta-train a MEND editor (no arguments: the built-in main job)."
@@ -109,7 +111,9 @@ def train(
     except (OSError, ValueError) as err:
         raise _fail(f"cannot load model {model!r}: {err}") from None
     out = out or Path("runs") / Path(model).name
-    run_job(net, tokenizer, splits, out, job, base_model=model, resume=resume)
+    run_job(
+        net, tokenizer, splits, out, job, base_model=model, resume=resume, corpus=_stats_corpus(data, None)
+    )
     typer.echo(
         f"editor: {out / 'editor'}\nreport: {out / 'report.json'}, {out / 'report.png'}\n"
         f"metrics: {out / 'metrics.jsonl'}"
@@ -136,6 +140,19 @@ def _editor_and_model(editor: Path, model: str | None):
     return mend, net, tokenizer
 
 
+def _stats_corpus(data: Path | None, corpus: str | None, n_samples: int | None = None):
+    """The key statistics' corpus: ``corpus`` (a text file, a saved ``datasets`` directory or
+    ``hf:NAME[:CONFIG]:SPLIT``), else the dataset's ``corpus.txt``, else the built-in world's."""
+    from editor_nets.keystats import read_corpus
+
+    if corpus is None and data is not None and (data / "corpus.txt").is_file():
+        corpus = str(data / "corpus.txt")
+    try:
+        return read_corpus(corpus, n_samples)
+    except (OSError, ValueError) as err:
+        raise _fail(str(err)) from None
+
+
 def _counts(value: str | None, option: str) -> tuple[int, ...]:
     """``"1,10,100"`` -> ``(1, 10, 100)``; anything but positive integers fails naming the option."""
     if not value:
@@ -151,7 +168,11 @@ def _counts(value: str | None, option: str) -> tuple[int, ...]:
 
 @eval_app.command()
 def evaluate(
-    editor: Path = typer.Option(..., help="Editor checkpoint directory (config.json + editor.safetensors)."),
+    editor: Path = typer.Option(
+        None,
+        help="Trained editor directory (config.json + editor.safetensors); not needed for "
+        "editors without training (FT, FT+KL, Ridge, ROME, MEMIT, AlphaEdit, KN) when --model is given.",
+    ),
     data: Path = typer.Option(..., help="edit_data dataset directory."),
     model: str = typer.Option(None, help="Model (default: the base model recorded in the editor)."),
     split: str = typer.Option("test", help="Which split to evaluate."),
@@ -169,6 +190,14 @@ def evaluate(
         None, help="Lifelong curve: batch sizes of one-call edits, e.g. 10,100."
     ),
     out: Path = typer.Option(None, help="Write report.json/report.png here."),
+    corpus: str = typer.Option(
+        None,
+        help="Key statistics corpus of ROME/MEMIT/AlphaEdit: a text file, a saved datasets directory or "
+        "hf:NAME[:CONFIG]:SPLIT (default: the dataset's corpus.txt, else the built-in world's).",
+    ),
+    stats_samples: int = typer.Option(
+        None, help="Texts of the corpus the key statistics use (default: all)."
+    ),
 ) -> None:
     """Evaluate a trained editor and the other named editors: ES, drawdown, latency in the chosen
     modes, and with ``--lifelong`` / ``--lifelong-batches`` the lifelong curves."""
@@ -177,7 +206,18 @@ def evaluate(
     from editor_nets.evaluate import evaluate_editors
     from editor_nets.report import results_table, write_report
 
-    mend, net, tokenizer = _editor_and_model(editor, model)
+    if editor is None and model is None:
+        raise _fail("give --editor (a trained editor) or --model (for editors without training)")
+    if editor is not None:
+        mend, net, tokenizer = _editor_and_model(editor, model)
+    else:
+        mend = None
+        try:
+            net, tokenizer = load_model(model)
+        except (OSError, ValueError) as err:
+            raise _fail(f"cannot load model {model!r}: {err}") from None
+        if not editors:
+            raise _fail("without --editor, name the editors to evaluate with --editors (e.g. ROME,MEMIT,FT)")
     try:
         splits = load_saved(data)
     except (FileNotFoundError, ValueError) as err:
@@ -186,11 +226,12 @@ def evaluate(
         raise _fail(f"{data} has no records in split {split!r} (splits: {sorted(splits)})")
     counts = {name: _counts(value, name) for name, value in (("--lifelong", lifelong), ("--lifelong-batches", lifelong_batches))}  # fmt: skip
     setup = EditorSetup(
-        targets=mend.targets,
+        targets=mend.targets if mend is not None else None,
         train_records=splits.get("train", []),
-        trained={mend.name: mend},  # "MEND", or "LifelongMEND" for a ridge-aggregated editor
+        trained={mend.name: mend} if mend is not None else {},  # "MEND", or "LifelongMEND" (ridge)
         model=net,
         tokenizer=tokenizer,
+        corpus=_stats_corpus(data, corpus, stats_samples),
     )
     try:
         chosen = build_editors([e.strip() for e in (editors or mend.name).split(",") if e.strip()], setup)
@@ -209,7 +250,7 @@ def evaluate(
         raise _fail(str(err).strip("'\"")) from None
     typer.echo(results_table(results))
     if out is not None:
-        paths = write_report(results, out, title=f"{editor} on {data}:{split}")
+        paths = write_report(results, out, title=f"{editor or model} on {data}:{split}")
         typer.echo(f"report: {paths['json']}, {paths['png']}")
 
 
@@ -279,3 +320,41 @@ def plan(
     typer.echo(format_plan(result))
     if json_out is not None:
         json_out.write_text(json.dumps(result.to_dict(), indent=2))
+
+
+trace_app = typer.Typer(
+    add_completion=False, help="Causal tracing: where a causal LM recalls one fact (heat maps as PNG)."
+)
+
+
+@trace_app.command()
+def trace(
+    model: str = typer.Option(..., help="Causal LM directory or hub name."),
+    prompt: str = typer.Option(..., help="The fact's prompt, e.g. 'Where was Zarkrousroulo born?'."),
+    subject: str = typer.Option(..., help="The subject inside the prompt, whose embeddings are corrupted."),
+    answer: str = typer.Option(None, help="The answer to trace (default: the model's own next token)."),
+    out: Path = typer.Option(Path("trace.png"), help="PNG to write (the JSON goes beside it)."),
+    n_noise: int = typer.Option(10, help="Noise draws averaged over."),
+    noise: float = typer.Option(3.0, help="Noise scale in standard deviations of the embedding matrix."),
+) -> None:
+    """Draw the indirect effect of every (token, block) on the answer, restoring the residual
+    stream and the MLP output in turn (Meng et al., 2022)."""
+    from editor_nets.trace import SITES, causal_trace, draw_trace
+
+    try:
+        net, tokenizer = load_model(model)
+        traces = [
+            causal_trace(net, tokenizer, prompt, subject, answer, site=site, n_noise=n_noise, noise=noise)
+            for site in SITES
+        ]
+    except (OSError, ValueError) as err:
+        raise _fail(str(err)) from None
+    png = draw_trace(traces, out)
+    out.with_suffix(".json").write_text(json.dumps([t.to_dict() for t in traces], indent=2) + "\n")
+    best = traces[1].effects.argmax()
+    token, block = divmod(int(best), traces[1].effects.shape[1])
+    typer.echo(
+        f"p({traces[0].answer!r}) clean {traces[0].p_clean:.3f}, subject corrupted {traces[0].p_corrupted:.3f}; "
+        f"strongest MLP site: token {token} ({traces[1].tokens[token]!r}), block {block}\n"
+        f"wrote {png} and {out.with_suffix('.json')}"
+    )

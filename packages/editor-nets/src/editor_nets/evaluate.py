@@ -346,11 +346,15 @@ def lifelong_curves(
     return out
 
 
-def editor_size(editor: Any) -> dict[str, int]:
+def editor_size(editor: Any) -> dict[str, Any]:
     """Trainable size of an editor: parameter count and bytes of parameters and buffers
-    (about its checkpoint size). Editors that are not modules (FT) have size 0."""
+    (about its checkpoint size). Editors that are not modules (FT) have size 0; those with key
+    statistics (ROME, MEMIT, AlphaEdit) add their one-off cost and what they were taken over
+    (``key_statistics``: ``n_texts``, ``n_tokens``, ``seconds``, ``cached``, ...)."""
+    stats = getattr(editor, "statistics", None)
     if not isinstance(editor, nn.Module):
-        return {"editor_params": 0, "editor_bytes": 0}
+        out: dict[str, Any] = {"editor_params": 0, "editor_bytes": 0}
+        return out if stats is None else {**out, "key_statistics": stats.summary()}
     params = sum(p.numel() for p in editor.parameters())
     nbytes = sum(t.numel() * t.element_size() for t in [*editor.parameters(), *editor.buffers()])
     return {"editor_params": int(params), "editor_bytes": int(nbytes)}

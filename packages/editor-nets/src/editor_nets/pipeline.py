@@ -85,7 +85,17 @@ class EvalConfig:
     """Held-out evaluation: the editors (names in ``editor_nets.baselines.EDITORS``), modes,
     sequential run length, the fine-tuning baselines' budget."""
 
-    editors: tuple[str, ...] = ("LifelongMEND", "MEND", "Ridge", "FT", "FT+KL")
+    editors: tuple[str, ...] = (
+        "LifelongMEND",
+        "MEND",
+        "Ridge",
+        "FT",
+        "FT+KL",
+        "ROME",
+        "MEMIT",
+        "AlphaEdit",
+        "KN",
+    )
     modes: tuple[str, ...] = ("single", "batched", "sequential")
     n_sequential: int = 10
     batch_size: int = 10
@@ -94,6 +104,7 @@ class EvalConfig:
     max_records: int | None = None
     ft_lr: float = 1e-3
     ft_max_steps: int = 40
+    stats_samples: int | None = None  # texts of the corpus the key statistics are taken over (None: all)
 
 
 # The main job's editor: rank 128 rather than the paper's 1920 (see below) and a step size that
@@ -279,12 +290,16 @@ def run_job(
     resume: bool = False,
     metrics: MetricsLog | None = None,
     started: float | None = None,
+    corpus: Any = None,
     say: Callable[[str], None] = print,
 ) -> dict:
     """Meta-train MEND for ``model`` on ``splits["train"]`` (validating on ``"validation"``),
     evaluate the editors of ``config.eval`` on ``"test"``, write ``editor/``, ``metrics.jsonl``
     (``metrics``, or a fresh one unless ``resume``), ``report.json`` and ``report.png`` under
-    ``out_dir``. ``started`` (a ``time.perf_counter()``) dates the whole job. Returns the report."""
+    ``out_dir``. ``started`` (a ``time.perf_counter()``) dates the whole job. ``corpus`` (an
+    ``editor_nets.keystats.Corpus``, default the built-in world's) is what the locate-then-edit
+    editors take their key statistics over, its first ``config.eval.stats_samples`` texts.
+    Returns the report."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("train", "validation", "test"):
@@ -318,7 +333,7 @@ def run_job(
     setup = EditorSetup(
         targets=trained["MEND"].targets if "MEND" in trained else None, train_records=splits["train"],
         trained=trained, ft_lr=config.eval.ft_lr, ft_max_steps=config.eval.ft_max_steps, model=model,
-        tokenizer=tokenizer,
+        tokenizer=tokenizer, corpus=_first(corpus, config.eval.stats_samples),
     )  # fmt: skip
     test = splits["test"][: config.eval.max_records] if config.eval.max_records else splits["test"]
     results = evaluate_editors(
@@ -337,6 +352,15 @@ def run_job(
     )
     say(results_table(results))
     return results
+
+
+def _first(corpus: Any, n: int | None) -> Any:
+    """``corpus`` (default the built-in world's) cut to its first ``n`` texts."""
+    from editor_nets.keystats import Corpus, read_corpus
+
+    if corpus is None:
+        return read_corpus(None, n)
+    return corpus if n is None else Corpus(corpus.texts[:n], f"{corpus.source} (first {n})")
 
 
 def _world_splits(config: JobConfig, out: Path, say: Callable[[str], None], *, claims: bool = False):
@@ -408,6 +432,7 @@ def run_default_job(
 ) -> dict:
     """The ``edit-train`` main job on the built-in synthetic world (all offline)."""
     from edit_data import train_tokenizer
+    from editor_nets.keystats import Corpus
 
     config = config or JobConfig()
     t0 = time.perf_counter()
@@ -440,7 +465,7 @@ def run_default_job(
 
     results = run_job(
         model, tokenizer, splits, out, config, base_model=str(model_dir), extra={"pretrain": pre}, resume=resume,
-        metrics=metrics, started=t0, say=say,
+        metrics=metrics, started=t0, corpus=Corpus(tuple(world.corpus), f"{world.name} corpus"), say=say,
     )  # fmt: skip
     for name, m in results["methods"].items():
         curve = (m.get("lifelong") or {}).get("sequential") or []
