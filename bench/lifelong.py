@@ -4,11 +4,12 @@
 
 For each dataset the main job runs with a world big enough to hold ``--edits`` held-out edits
 (half the subjects held out), a wider model (4 x 256) pre-trained longer, the default editor
-settings, and an evaluation of LifelongMEND, plain MEND, Ridge and FT: single edits, then ES and
+settings, and an evaluation of LifelongMEND, plain MEND, Ridge, ROME, MEMIT, AlphaEdit and FT
+(``--editors`` to choose): single edits, then ES and
 DD after 1, 10, 30, 100, 300, 1,000 edits in a row and batches of 10 and 100. Each run writes the
 job's ``report.json`` / ``report.png`` under ``OUT/lifelong_<world>/``; this script adds
 ``OUT/lifelong.json`` and ``OUT/lifelong.png`` (the sequential curves of every method on every
-dataset) and prints a table. Baselines are measured in the same run: plain MEND, Ridge and FT.
+dataset) and prints a table. Baselines are measured in the same run: plain MEND, Ridge, the locate-then-edit editors and FT.
 This is hours of CPU on a 2-core machine; ``--edits 200`` gives a smaller version.
 """
 
@@ -24,7 +25,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def config_for(world: str, edits: int):
+EDITORS = ("LifelongMEND", "MEND", "Ridge", "ROME", "MEMIT", "AlphaEdit", "FT")
+
+
+def config_for(world: str, edits: int, editors: tuple[str, ...] = EDITORS):
     from editor_nets.pipeline import EvalConfig, JobConfig
 
     base = JobConfig()
@@ -37,7 +41,7 @@ def config_for(world: str, edits: int):
         ),
         pretrain=dataclasses.replace(base.pretrain, n_embd=256, max_steps=6000),
         eval=EvalConfig(
-            editors=("LifelongMEND", "MEND", "Ridge", "FT"),
+            editors=editors,
             modes=("single",),
             lifelong_checkpoints=(*(k for k in (1, 10, 30, 100, 300, 1000) if k < edits), edits),
             lifelong_batches=(10, 100),
@@ -72,6 +76,7 @@ def main() -> None:
         "--world", nargs="+", default=["synthetic", "iso3166"], choices=["synthetic", "iso3166"]
     )
     parser.add_argument("--edits", type=int, default=1000)
+    parser.add_argument("--editors", default=",".join(EDITORS), help="comma-separated registered editors")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     from editor_nets.pipeline import run_default_job
@@ -80,9 +85,11 @@ def main() -> None:
     summary: dict = {"machine": machine_info(), "edits": args.edits, "worlds": {}}
     for world in args.world:
         start = time.perf_counter()
-        report = run_default_job(args.out / f"lifelong_{world}", config_for(world, args.edits))
+        report = run_default_job(
+            args.out / f"lifelong_{world}", config_for(world, args.edits, tuple(args.editors.split(",")))
+        )
         summary["worlds"][world] = {
-            "n_test_edits": report["methods"]["LifelongMEND"]["n_edits"],
+            "n_test_edits": next(iter(report["methods"].values()))["n_edits"],
             "seconds": time.perf_counter() - start,
             "sequential": {m: v["lifelong"]["sequential"] for m, v in report["methods"].items()},
             "batched": {m: v["lifelong"]["batched"] for m, v in report["methods"].items()},

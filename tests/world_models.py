@@ -6,6 +6,8 @@ Importing this module does not import transformers (it is on the tests' path for
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 # the MLP matrices of the last two of the three blocks of ``world_gpt2``
@@ -78,3 +80,12 @@ def train_on_answers(model, tokenizer, records, *, steps: int = 300, seed: int =
         opt.step()
     model.zero_grad(set_to_none=True)
     return model.eval().requires_grad_(False)
+
+
+@dataclasses.dataclass
+class Learnt:
+    model: torch.nn.Module
+    tokenizer: object
+    world: object
+    known: list  # records whose original answer the model gives
+    corpus: object  # editor_nets.keystats.Corpus of the world's sentences

@@ -3,13 +3,10 @@ cached key statistics, on tiny causal LMs of the model table that learnt the bui
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
-from world_models import train_on_answers
+from world_models import Learnt
 
-from edit_data import build_world
 from editor_nets import applied
 from editor_nets.baselines import EditorSetup, build_editors
 from editor_nets.keystats import Corpus, key_statistics, read_corpus
@@ -23,36 +20,9 @@ from editor_nets.locate import (
 )
 from editor_nets.scoring import score_targets
 from editor_nets.trace import causal_trace, draw_trace, locate_facts
-from tiny_models import build_tiny, world_tokenizer
+from tiny_models import build_tiny
 
 pytestmark = pytest.mark.integration
-
-CAUSAL = ["gpt2", "llama"]
-
-
-@dataclasses.dataclass
-class Learnt:
-    model: torch.nn.Module
-    tokenizer: object
-    world: object
-    known: list  # records whose original answer the model gives
-    corpus: Corpus
-
-
-@pytest.fixture(scope="module", params=CAUSAL)
-def learnt(request) -> Learnt:
-    world = build_world(n_entities=24, seed=0)
-    tokenizer = world_tokenizer(request.param, world.corpus)
-    model = train_on_answers(
-        build_tiny(request.param, tokenizer=tokenizer), tokenizer, world.records, steps=400
-    )
-    known = [
-        r
-        for r in world.records
-        if bool(score_targets(model, tokenizer, [r.prompt], [r.original]).exact.all())
-    ]
-    assert len(known) >= 20, f"the tiny {request.param} learnt only {len(known)} answers"
-    return Learnt(model, tokenizer, world, known, Corpus(tuple(world.corpus), "world corpus"))
 
 
 def _answers(learnt: Learnt, records) -> torch.Tensor:

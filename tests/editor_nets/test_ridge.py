@@ -108,11 +108,21 @@ def test_the_ridge_editor_edits_keeps_earlier_edits_and_changes_only_its_layers(
     before = param_state(model)
     delta = editor.compute_delta(model, tok, records[:1])
     assert not changed(model, before) and set(delta.layers) == set(targets)
-    snapshots = [editor.edit(model, tok, [r]) for r in records[:3]]
+    prompts, answers = [r.prompt for r in records[:3]], [r.target for r in records[:3]]
+    nll_before = score_targets(model, tok, prompts, answers).mean_nll
+    snapshots, nll_own = [], []
+    for i, r in enumerate(records[:3]):
+        snapshots.append(editor.edit(model, tok, [r]))
+        scores = score_targets(model, tok, prompts, answers)
+        assert bool(scores.exact[i])  # each edit hits its own target when it is made
+        nll_own.append(float(scores.mean_nll[i]))
     assert editor.memory.n_edits == 3
     assert changed(model, before) <= {f"{t}.weight" for t in targets}
-    hits = score_targets(model, tok, [r.prompt for r in records[:3]], [r.target for r in records[:3]]).exact
-    assert hits.all()  # the third edit did not undo the first two
+    # the third edit did not undo the first two: their target NLL stays where their own edit put it
+    # (edits stop at the first exact hit, on the argmax boundary, so exact match is not compared)
+    nll_after = score_targets(model, tok, prompts, answers).mean_nll
+    for i in range(2):
+        assert nll_after[i] < nll_own[i] + 0.1 < nll_before[i] - 0.5
     for s in reversed(snapshots):
         restore_weights(model, s)
     assert not changed(model, before)

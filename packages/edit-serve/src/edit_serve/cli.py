@@ -19,6 +19,7 @@ from pathlib import Path
 import typer
 
 from edit_serve.journal import EditJournal, JournalCorruptError, JournalLockedError
+from edit_serve.loading import UNTRAINED_EDITORS
 from edit_serve.requests import ServeLimits
 
 app = typer.Typer(add_completion=False, help=__doc__.splitlines()[0])
@@ -38,7 +39,7 @@ def _run_default_job() -> None:
         raise typer.Exit(code)
 
 
-def _check_artifacts(model: Path, editor: Path) -> None:
+def _check_artifacts(model: Path, editor: Path | None) -> None:
     """Fail fast (before Ray starts) on directories that cannot hold a model or an editor."""
     weights = (
         "model.safetensors",
@@ -51,7 +52,7 @@ def _check_artifacts(model: Path, editor: Path) -> None:
         problems.append(f"--model {model}: no config.json")
     if not any((model / w).is_file() for w in weights):
         problems.append(f"--model {model}: no weights ({', '.join(weights)})")
-    for name in ("config.json", "editor.safetensors"):
+    for name in ("config.json", "editor.safetensors") if editor is not None else ():
         if not (editor / name).is_file():
             problems.append(f"--editor {editor}: no {name}")
     if problems:
@@ -62,7 +63,14 @@ def _check_artifacts(model: Path, editor: Path) -> None:
 def serve(
     model: Path = typer.Option(None, help="HF model directory (default: runs/default/model)"),
     editor: Path = typer.Option(
-        None, help="MendEditor directory (default: runs/default/lifelong; runs/default/editor is plain MEND)"
+        None,
+        help="MendEditor directory (default: runs/default/lifelong; runs/default/editor is plain MEND), or "
+        "rome, memit, alphaedit or kn: an editor that needs no training",
+    ),
+    stats_corpus: str = typer.Option(
+        None,
+        help="key statistics corpus of rome/memit/alphaedit (text file, saved datasets directory or "
+        "hf:NAME[:CONFIG]:SPLIT; default <model>/../data/corpus.txt, else the built-in world's)",
     ),
     journal: Path = typer.Option(None, help="journal directory (default: <model>/../journal)"),
     host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback must be asked for"),
@@ -95,10 +103,13 @@ def serve(
             _run_default_job()
     if model is None or editor is None:
         raise typer.BadParameter("give both --model and --editor (or neither for runs/default)")
+    named = str(editor).lower() in UNTRAINED_EDITORS
     for what, path in (("--model", model), ("--editor", editor)):
-        if not path.is_dir():
-            raise typer.BadParameter(f"{what} {path} is not a directory")
-    _check_artifacts(model, editor)
+        if not path.is_dir() and not (what == "--editor" and named):
+            raise typer.BadParameter(
+                f"{what} {path} is not a directory (nor one of {sorted(UNTRAINED_EDITORS)})"
+            )
+    _check_artifacts(model, None if named else editor)
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together")
     journal = journal or model.resolve().parent / "journal"
@@ -136,6 +147,7 @@ def serve(
         tls_key=str(tls_key) if tls_key else None,
         limits=limits,
         ray_num_gpus=ray_num_gpus,
+        stats_corpus=stats_corpus,
     )
     try:
         sidecar = start_sidecar(settings)

@@ -64,12 +64,14 @@ class EditClient:
         target: str,
         *,
         rephrases: Sequence[str] = (),
+        subject: str = "",
         idempotency_key: str = "",
         provenance: Mapping[str, str] | None = None,
     ) -> pb.EditReply:
-        """Apply one edit; returns its id, the new weight version and the target's log-probs."""
+        """Apply one edit; returns its id, the new weight version and the target's log-probs.
+        ``subject`` (optional) is the entity inside ``prompt`` (ROME, MEMIT, AlphaEdit key on it)."""
         return self.edit_many(
-            [EditItem(prompt, target, tuple(rephrases))],
+            [EditItem(prompt, target, tuple(rephrases), subject)],
             idempotency_key=idempotency_key,
             provenance=provenance,
         )
@@ -83,7 +85,10 @@ class EditClient:
     ) -> pb.EditReply:
         """Apply several corrections as one edit (one version, one journal entry); a bad one refuses
         the call, naming ``edits[i]``. ``reply.items`` holds each correction's log-probs."""
-        edits = [pb.EditItem(prompt=x.prompt, target=x.target, rephrases=list(x.rephrases)) for x in items]
+        edits = [
+            pb.EditItem(prompt=x.prompt, target=x.target, rephrases=list(x.rephrases), subject=x.subject)
+            for x in items
+        ]
         request = pb.EditRequest(
             edits=edits, idempotency_key=idempotency_key, provenance=dict(provenance or {})
         )

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edit_serve.loading import UNTRAINED_EDITORS
 from edit_serve.requests import ServeError, ServeLimits
 
 __all__ = ["EditServeDeployment", "RunningSidecar", "SidecarSettings", "start_sidecar"]
@@ -30,7 +31,9 @@ APP_NAME = "edit-serve"
 @dataclass
 class SidecarSettings:
     """Everything ``edit-serve`` needs. ``ray_num_gpus`` declares (logical) GPUs to a new local
-    Ray instance (``None`` = let Ray detect them); ``num_gpus`` is what the replica asks for."""
+    Ray instance (``None`` = let Ray detect them); ``num_gpus`` is what the replica asks for.
+    ``editor`` is a MendEditor directory or the name of an editor without training (``rome``, ...,
+    ``edit_serve.loading.UNTRAINED_EDITORS``), whose key statistics come from ``stats_corpus``."""
 
     model: str
     editor: str
@@ -45,6 +48,7 @@ class SidecarSettings:
     limits: ServeLimits = field(default_factory=ServeLimits)
     ray_num_cpus: int | None = None
     ray_num_gpus: int | None = None
+    stats_corpus: str | None = None
 
 
 def _build_service(settings: SidecarSettings):
@@ -52,7 +56,9 @@ def _build_service(settings: SidecarSettings):
     from edit_serve.loading import load_served
     from edit_serve.service import EditService
 
-    loaded = load_served(settings.model, settings.editor, num_gpus=settings.num_gpus)
+    loaded = load_served(
+        settings.model, settings.editor, num_gpus=settings.num_gpus, stats_corpus=settings.stats_corpus
+    )
     journal = EditJournal(settings.journal, skip=settings.skip_corrupt)
     for note in journal.notes:
         print(f"[edit-serve] journal: {note}", flush=True)
@@ -156,7 +162,11 @@ def start_sidecar(settings: SidecarSettings) -> RunningSidecar:
 
     settings = replace(
         settings,
-        **{name: str(Path(getattr(settings, name)).resolve()) for name in ("model", "editor", "journal")},
+        **{
+            name: str(Path(getattr(settings, name)).resolve())
+            for name in ("model", "editor", "journal")
+            if not (name == "editor" and settings.editor.lower() in UNTRAINED_EDITORS)
+        },
     )
     if not ray.is_initialized():
         ray.init(

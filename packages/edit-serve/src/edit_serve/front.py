@@ -107,8 +107,8 @@ class ModelEditServicer:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "give prompt/target/rephrases or edits, not both"
             )
-        items = [EditItem(x.prompt, x.target, tuple(x.rephrases)) for x in request.edits] or [
-            EditItem(request.prompt, request.target, tuple(request.rephrases))
+        items = [EditItem(x.prompt, x.target, tuple(x.rephrases), x.subject) for x in request.edits] or [
+            EditItem(request.prompt, request.target, tuple(request.rephrases), request.subject)
         ]
         r = await self._call(
             context,

@@ -12,7 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["LoadedModel", "device_label", "load_served", "write_tiny_artifacts"]
+__all__ = ["UNTRAINED_EDITORS", "LoadedModel", "device_label", "load_served", "write_tiny_artifacts"]
+
+# ``--editor`` names of the editors that need no trained directory (``editor_nets.locate``)
+UNTRAINED_EDITORS = {"rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit", "kn": "KN"}
 
 
 @dataclass
@@ -32,9 +35,15 @@ def device_label(model: nn.Module) -> str:
     return f"cuda:{cuda[0]}" if len(cuda) == 1 else f"cuda:{cuda[0]}-{cuda[-1]}"
 
 
-def load_served(model_dir: str | Path, editor_dir: str | Path, *, num_gpus: int = 0) -> LoadedModel:
+def load_served(
+    model_dir: str | Path, editor_dir: str | Path, *, num_gpus: int = 0, stats_corpus: str | None = None
+) -> LoadedModel:
     """A model (causal or seq2seq LM, or sequence classifier) + tokenizer from ``model_dir`` and a
-    ``MendEditor`` from ``editor_dir``.
+    ``MendEditor`` from ``editor_dir``, or, when ``editor_dir`` is a name of
+    :data:`UNTRAINED_EDITORS` (``rome``, ``memit``, ``alphaedit``, ``kn``), that editor built for the
+    model: key statistics over ``stats_corpus`` (default ``<model>/../data/corpus.txt`` when there is
+    one, else the built-in world's corpus; cached), the fact token found by tracing the training
+    edits of ``<model>/../data`` when there are some.
 
     Raises ``FileNotFoundError`` naming a missing directory, ``ValueError`` when the model does
     not fit on the GPUs or the editor does not fit the model.
@@ -42,13 +51,36 @@ def load_served(model_dir: str | Path, editor_dir: str | Path, *, num_gpus: int 
     from editor_nets import MendEditor, load_model
 
     model_dir, editor_dir = Path(model_dir), Path(editor_dir)
+    named = UNTRAINED_EDITORS.get(str(editor_dir).lower())
     for what, d in (("model", model_dir), ("editor", editor_dir)):
-        if not d.is_dir():
+        if not d.is_dir() and not (what == "editor" and named):
             raise FileNotFoundError(f"{what} directory {d} does not exist")
     model, tokenizer = load_model(model_dir, num_gpus=num_gpus)
+    if named:
+        return LoadedModel(
+            model,
+            tokenizer,
+            _untrained(named, model, tokenizer, model_dir, stats_corpus),
+            device_label(model),
+        )
     editor = MendEditor.from_pretrained(editor_dir, model=model)
     editor.to(model.get_input_embeddings().weight.device)
     return LoadedModel(model, tokenizer, editor, device_label(model))
+
+
+def _untrained(name: str, model: nn.Module, tokenizer, model_dir: Path, stats_corpus: str | None):
+    from edit_data import load_saved
+    from editor_nets.baselines import EditorSetup, build_editors
+    from editor_nets.keystats import read_corpus
+
+    data = model_dir.parent / "data"
+    if stats_corpus is None and (data / "corpus.txt").is_file():
+        stats_corpus = str(data / "corpus.txt")
+    records = load_saved(data).get("train", []) if (data / "edit_data.json").is_file() else []
+    setup = EditorSetup(
+        model=model, tokenizer=tokenizer, corpus=read_corpus(stats_corpus), train_records=records
+    )
+    return build_editors([name], setup)[name]
 
 
 def write_tiny_artifacts(

@@ -54,11 +54,14 @@ class ServeLimits:
 
 @dataclass(frozen=True)
 class EditItem:
-    """One correction of an Edit call: ``prompt -> target``, and in-scope ``rephrases`` edited with it."""
+    """One correction of an Edit call: ``prompt -> target``, and in-scope ``rephrases`` edited with it.
+    ``subject`` (optional) names the entity inside the prompt; ROME, MEMIT and AlphaEdit read their
+    key at its last token (they refuse an edit without one when they key on the subject)."""
 
     prompt: str
     target: str
     rephrases: tuple[str, ...] = ()
+    subject: str = ""
 
 
 @dataclass(frozen=True)

@@ -208,11 +208,10 @@ class EditService:
     def _compute(self, items: Sequence[EditItem]):
         """The edit of ``items`` solved together (the prompt and rephrasings of each are edited
         together), checked: ``ServeError`` naming the item when it cannot be made."""
-        from edit_data import EditRecord, TargetTooLongError
+        from edit_data import TargetTooLongError
 
-        records = [EditRecord(prompt=p, target=x.target) for x in items for p in (x.prompt, *x.rephrases)]
         try:
-            delta = self.editor.compute_delta(self.model, self.tokenizer, records, self._memory)
+            delta = self.editor.compute_delta(self.model, self.tokenizer, _records(items), self._memory)
         except (TargetTooLongError, ValueError) as err:
             raise invalid(f"cannot compute the edit: {err}") from err
         problem = self._problem(delta)
@@ -225,10 +224,7 @@ class EditService:
         return delta
 
     def _alone(self, item: EditItem):
-        from edit_data import EditRecord
-
-        records = [EditRecord(prompt=p, target=item.target) for p in (item.prompt, *item.rephrases)]
-        return self.editor.compute_delta(self.model, self.tokenizer, records, self._memory)
+        return self.editor.compute_delta(self.model, self.tokenizer, _records([item]), self._memory)
 
     def _problem(self, delta) -> str | None:
         if not delta.is_finite():
@@ -463,3 +459,14 @@ class EditService:
 
     def close(self) -> None:
         self.journal.close()
+
+
+def _records(items: Sequence[EditItem]) -> list:
+    """The ``EditRecord`` of each prompt and rephrasing of ``items``, in order."""
+    from edit_data import EditRecord
+
+    return [
+        EditRecord(prompt=p, target=x.target, subject=x.subject or None)
+        for x in items
+        for p in (x.prompt, *x.rephrases)
+    ]

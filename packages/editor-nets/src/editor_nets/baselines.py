@@ -270,6 +270,11 @@ def _ridge(setup: EditorSetup) -> Editor:
     )
 
 
+LOCATED = ("ROME", "MEMIT", "AlphaEdit", "KN")
+# the locate-then-edit and memory-based editors read a causal LM's MLP keys or its prompt tokens
+CAUSAL_ONLY = (*LOCATED, "GRACE", "EditCache")
+
+
 def _located(name: str) -> Callable[[EditorSetup], Editor]:
     """The factory of a locate-then-edit editor: key statistics of every block's MLP output matrix
     (cached), and the fact token (and ROME's layer) found by causal tracing of training edits."""
@@ -300,6 +305,13 @@ def _located(name: str) -> Callable[[EditorSetup], Editor]:
     return build
 
 
+def _memory(name: str, setup: EditorSetup) -> Editor:
+    """GRACE (a codebook at the last block's MLP output) or the exact-match edit cache."""
+    from editor_nets.grace import EditCacheEditor, GraceEditor
+
+    return GraceEditor() if name == "GRACE" else EditCacheEditor()
+
+
 EDITORS: dict[str, Callable[[EditorSetup], Editor]] = {
     "MEND": _trained("MEND"),
     "LifelongMEND": _trained("LifelongMEND"),
@@ -311,8 +323,22 @@ EDITORS: dict[str, Callable[[EditorSetup], Editor]] = {
         max_steps=s.ft_max_steps,
         locality=locality_examples_from(s.train_records),
     ),
-    **{name: _located(name) for name in ("ROME", "MEMIT", "AlphaEdit", "KN")},
+    **{name: _located(name) for name in LOCATED},
+    "GRACE": lambda s: _memory("GRACE", s),
+    "EditCache": lambda s: _memory("EditCache", s),
 }
+
+
+def applicable_editors(names: Sequence[str], model: nn.Module) -> tuple[list[str], dict[str, str]]:
+    """``names`` split into those that apply to ``model`` and ``{name: why not}`` for the rest
+    (the locate-then-edit editors on seq2seq models and classifiers), so a job over every editor
+    runs the applicable ones on any family and reports what it left out."""
+    from editor_nets.models import model_kind
+
+    kind = model_kind(model)
+    skipped = {n: f"edits causal language models only; this model is a {kind} model" for n in names
+               if n in CAUSAL_ONLY and kind != "causal"}  # fmt: skip
+    return [n for n in names if n not in skipped], skipped
 
 
 def build_editors(names: Sequence[str], setup: EditorSetup) -> dict[str, Editor]:

@@ -171,7 +171,7 @@ def evaluate(
     editor: Path = typer.Option(
         None,
         help="Trained editor directory (config.json + editor.safetensors); not needed for "
-        "editors without training (FT, FT+KL, Ridge, ROME, MEMIT, AlphaEdit, KN) when --model is given.",
+        "editors without training (FT, FT+KL, Ridge, ROME, MEMIT, AlphaEdit, KN, GRACE, EditCache) when --model is given.",
     ),
     data: Path = typer.Option(..., help="edit_data dataset directory."),
     model: str = typer.Option(None, help="Model (default: the base model recorded in the editor)."),

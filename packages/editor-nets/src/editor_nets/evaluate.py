@@ -41,6 +41,7 @@ Definitions (the MEND paper's, teacher-forced):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -281,6 +282,13 @@ def _given_or_scored(pre, model: nn.Module, tokenizer: Any, records: Sequence[An
     )
 
 
+def _attached(editor: Editor, model: nn.Module) -> contextlib.AbstractContextManager:
+    """Memory-based editors (GRACE, the edit cache) act on the model only inside
+    ``editor.attached(model)``; weight editors need nothing."""
+    attached = getattr(editor, "attached", None)
+    return attached(model) if attached is not None else contextlib.nullcontext()
+
+
 def _start(editor: Editor) -> None:
     """A new sequence of edits on the base weights: stateful editors forget earlier edits."""
     if hasattr(editor, "start"):
@@ -323,7 +331,7 @@ def lifelong_curves(
         summary = tally.summary()
         return {key: summary[key] for key in LIFELONG_METRICS}
 
-    with eval_mode(model):
+    with eval_mode(model), _attached(editor, model):
         if checkpoints:
             tally = _Tally()
             _start(editor)
@@ -419,7 +427,7 @@ def evaluate_editor(
     ]
 
     tally = _Tally()
-    with eval_mode(model), tqdm(total=sum(map(len, edits)), desc=f"{name} {mode}", disable=not progress,
+    with eval_mode(model), _attached(editor, model), tqdm(total=sum(map(len, edits)), desc=f"{name} {mode}", disable=not progress,
                                 unit="batch" if mode == "batched" else "edit") as bar:  # fmt: skip
         for run, group_edits in zip(runs, edits, strict=True):
             _start(editor)

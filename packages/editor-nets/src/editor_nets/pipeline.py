@@ -20,7 +20,7 @@ import tomllib
 import torch
 from torch import nn
 
-from editor_nets.baselines import EditorSetup, build_editors, preserved_texts
+from editor_nets.baselines import EditorSetup, applicable_editors, build_editors, preserved_texts
 from editor_nets.evaluate import evaluate_editors
 from editor_nets.factcheck import FinetuneConfig
 from editor_nets.mend import MendConfig, MendEditor
@@ -95,6 +95,8 @@ class EvalConfig:
         "MEMIT",
         "AlphaEdit",
         "KN",
+        "GRACE",
+        "EditCache",
     )
     modes: tuple[str, ...] = ("single", "batched", "sequential")
     n_sequential: int = 10
@@ -336,13 +338,17 @@ def run_job(
         tokenizer=tokenizer, corpus=_first(corpus, config.eval.stats_samples),
     )  # fmt: skip
     test = splits["test"][: config.eval.max_records] if config.eval.max_records else splits["test"]
+    names, skipped = applicable_editors(config.eval.editors, model)
+    for name, why in skipped.items():
+        say(f"{name} left out: {why}")
     results = evaluate_editors(
-        model, tokenizer, build_editors(config.eval.editors, setup), test, modes=config.eval.modes,
+        model, tokenizer, build_editors(names, setup), test, modes=config.eval.modes,
         batch_size=config.eval.batch_size, n_sequential=config.eval.n_sequential,
         lifelong_checkpoints=config.eval.lifelong_checkpoints, lifelong_batches=config.eval.lifelong_batches,
     )  # fmt: skip
     results.update(
-        model=model_info(model, base_model), meta_train=summaries, **(extra or {}), machine=machine_info(),
+        model=model_info(model, base_model), meta_train=summaries, skipped_editors=skipped, **(extra or {}),
+        machine=machine_info(),
         config=asdict(config),
     )  # fmt: skip
     results["seconds_editor_part"] = time.perf_counter() - t0

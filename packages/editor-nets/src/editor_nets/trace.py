@@ -184,10 +184,14 @@ class FactSite:
     effects: dict[str, list[float]]
 
 
-def locate_facts(model: nn.Module, tokenizer: Any, records: Sequence[Any], *, n_records: int = 8) -> FactSite:
+def locate_facts(
+    model: nn.Module, tokenizer: Any, records: Sequence[Any], *, n_records: int = 8, min_effect: float = 0.01
+) -> FactSite:
     """Trace the MLP outputs for the first ``n_records`` records with a subject (each on its own
     original answer, else the model's) and pick the token and block whose restoration brings back
-    the most of the answer's probability: the site ROME and MEMIT should edit."""
+    the most of the answer's probability: the site ROME and MEMIT should edit. When no site restores
+    more than ``min_effect`` (a model that has not learnt these facts), the papers' default:
+    the subject's last token in block ``n_blocks // 3``."""
     chosen = [r for r in records if r.subject and r.subject in r.prompt][:n_records]
     if not chosen:
         raise ValueError("locating facts needs records whose prompt contains their subject")
@@ -201,4 +205,6 @@ def locate_facts(model: nn.Module, tokenizer: Any, records: Sequence[Any], *, n_
     token, block = max(
         ((k, b) for k in effects for b in range(len(layers))), key=lambda kb: effects[kb[0]][kb[1]]
     )
+    if effects[token][block] < min_effect:
+        token, block = "subject_last", len(layers) // 3
     return FactSite(token, layers[block], effects)

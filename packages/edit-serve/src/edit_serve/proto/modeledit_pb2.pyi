@@ -17,7 +17,7 @@ EDIT_STATUS_ACTIVE: EditStatus
 EDIT_STATUS_ROLLED_BACK: EditStatus
 
 class EditRequest(_message.Message):
-    __slots__ = ("prompt", "target", "rephrases", "idempotency_key", "provenance", "edits")
+    __slots__ = ("prompt", "target", "rephrases", "idempotency_key", "provenance", "edits", "subject")
     class ProvenanceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,23 +31,27 @@ class EditRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     EDITS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     target: str
     rephrases: _containers.RepeatedScalarFieldContainer[str]
     idempotency_key: str
     provenance: _containers.ScalarMap[str, str]
     edits: _containers.RepeatedCompositeFieldContainer[EditItem]
-    def __init__(self, prompt: _Optional[str] = ..., target: _Optional[str] = ..., rephrases: _Optional[_Iterable[str]] = ..., idempotency_key: _Optional[str] = ..., provenance: _Optional[_Mapping[str, str]] = ..., edits: _Optional[_Iterable[_Union[EditItem, _Mapping]]] = ...) -> None: ...
+    subject: str
+    def __init__(self, prompt: _Optional[str] = ..., target: _Optional[str] = ..., rephrases: _Optional[_Iterable[str]] = ..., idempotency_key: _Optional[str] = ..., provenance: _Optional[_Mapping[str, str]] = ..., edits: _Optional[_Iterable[_Union[EditItem, _Mapping]]] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class EditItem(_message.Message):
-    __slots__ = ("prompt", "target", "rephrases")
+    __slots__ = ("prompt", "target", "rephrases", "subject")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     REPHRASES_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     target: str
     rephrases: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, prompt: _Optional[str] = ..., target: _Optional[str] = ..., rephrases: _Optional[_Iterable[str]] = ...) -> None: ...
+    subject: str
+    def __init__(self, prompt: _Optional[str] = ..., target: _Optional[str] = ..., rephrases: _Optional[_Iterable[str]] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class EditItemResult(_message.Message):
     __slots__ = ("target_logprob_before", "target_logprob_after")
