@@ -115,6 +115,14 @@ def _is_loss(name: str) -> bool:
     return any(w in name.lower() for w in ("loss", "nll", "kl"))
 
 
+def _color(j: int) -> Any:
+    """Method ``j``'s colour, the same in every panel: tab20's ten dark colours, then their light
+    pairs (the default cycle has ten, and the report compares more editors than that)."""
+    from matplotlib import colormaps
+
+    return colormaps["tab20"]((2 * j) % 20 + (j // 10) % 2)
+
+
 def _bars(ax: Any, methods: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], title: str) -> None:
     names = list(methods)
     width = 0.8 / max(1, len(names))
@@ -122,7 +130,7 @@ def _bars(ax: Any, methods: Mapping[str, Mapping[str, Any]], metrics: Sequence[s
         values = [methods[method].get(m) for m in metrics]
         xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(metrics))]
         heights = [v if isinstance(v, int | float) else 0.0 for v in values]
-        bars = ax.bar(xs, heights, width, label=method)
+        bars = ax.bar(xs, heights, width, label=method, color=_color(j))
         for bar, v in zip(bars, values, strict=True):
             text = "n/a" if v is None else f"{v:.2f}"
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
@@ -137,7 +145,7 @@ def _bars(ax: Any, methods: Mapping[str, Mapping[str, Any]], metrics: Sequence[s
 def _lifelong(ax: Any, curves: Mapping[str, Mapping[str, Any]], metric: str) -> None:
     """ES (or DD) after k edits in a row (lines) and after one call with k edits (crosses), log x."""
     for j, (method, curve) in enumerate(curves.items()):
-        color = f"C{j}"
+        color = _color(j)
         seq = [p for p in curve.get("sequential", []) if p.get(metric) is not None]
         ax.plot([p["n_edits"] for p in seq], [p[metric] for p in seq], marker="o", color=color, label=method)
         bat = [p for p in curve.get("batched", []) if p.get(metric) is not None]
