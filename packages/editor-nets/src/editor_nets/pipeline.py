@@ -354,7 +354,10 @@ def run_job(
     results["seconds_editor_part"] = time.perf_counter() - t0
     results["seconds_total"] = time.perf_counter() - started
     write_report(
-        results, out, curves=load_metrics(metrics.path), title="MEND beside the other editors on held-out edits"
+        results,
+        out,
+        curves=load_metrics(metrics.path),
+        title="MEND beside the other editors on held-out edits",
     )
     say(results_table(results))
     return results
