@@ -11,13 +11,11 @@ Set ``EDIT_SERVE_SKIP_GO=1`` to skip it explicitly (CI must not).
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from debian_clients import build_client, ensure_installed, run_json
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "clients" / "go" / "build.sh"
@@ -48,44 +46,11 @@ def _toolchain_missing() -> list[str]:
     return missing
 
 
-def _apt(*args: str, timeout: float) -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(["apt-get", *args], env=env, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        pytest.fail(
-            f"apt-get {' '.join(args)} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
-
-
 @pytest.fixture(scope="module")
 def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of the built Go client binary (installs the Debian packages first if needed)."""
-    if os.environ.get("EDIT_SERVE_SKIP_GO") == "1":
-        pytest.skip("EDIT_SERVE_SKIP_GO=1")
-    missing = _toolchain_missing()
-    if missing:
-        if shutil.which("apt-get") is None:
-            pytest.skip(f"Go toolchain missing ({', '.join(missing)}) and no apt-get to install it")
-        if os.geteuid() != 0:
-            pytest.skip(f"Go toolchain missing ({', '.join(missing)}); installing it needs root (apt-get)")
-        _apt("update", timeout=600)
-        _apt("install", "-y", "--no-install-recommends", *DEBIAN_PACKAGES, timeout=1200)
-        still = _toolchain_missing()
-        assert not still, f"apt-get installed {DEBIAN_PACKAGES} but still missing: {still}"
-    out = tmp_path_factory.mktemp("go-client")
-    done = subprocess.run(["bash", str(BUILD_SCRIPT), str(out)], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"clients/go/build.sh failed:\n{done.stdout}\n{done.stderr}"
-    binary = Path(done.stdout.strip().splitlines()[-1])
-    assert binary.is_file() and os.access(binary, os.X_OK), f"no binary at {binary}"
-    return binary
-
-
-def _run_go(binary: Path, *args: str) -> tuple[int, dict]:
-    done = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=600)
-    try:
-        return done.returncode, json.loads(done.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"Go client printed no JSON (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
+    ensure_installed(_toolchain_missing, DEBIAN_PACKAGES, "EDIT_SERVE_SKIP_GO")
+    return build_client(BUILD_SCRIPT, tmp_path_factory.mktemp("go-client"))
 
 
 def test_go_client_edits_generates_and_rolls_back(live_sidecar, go_client: Path) -> None:
@@ -93,7 +58,7 @@ def test_go_client_edits_generates_and_rolls_back(live_sidecar, go_client: Path)
     from edit_serve.proto import modeledit_pb2 as pb
 
     prompt, target = live_sidecar.prompts[-1]
-    code, out = _run_go(
+    code, out = run_json(
         go_client,
         *("-addr", live_sidecar.address, "-token", live_sidecar.token),
         *("-prompt", prompt, "-target", target),
@@ -114,6 +79,13 @@ def test_go_client_edits_generates_and_rolls_back(live_sidecar, go_client: Path)
     assert edit["latency_ms"] > 0
     assert out["generate_after"]["version"] == edit["version"]
     assert 0 < out["generate_after"]["num_tokens"] <= 8
+    # GenerateStream of the same greedy request: the chunks concatenate to Generate's text, every
+    # chunk names the edit's version, the last says done; ListEdits lists the edit as active.
+    stream = out["stream_after"]
+    assert stream["text"] == out["generate_after"]["text"] and stream["done"] and stream["chunks"] >= 1
+    assert stream["num_tokens"] == out["generate_after"]["num_tokens"]
+    assert set(stream["versions"]) == {edit["version"]}
+    assert edit["edit_id"] in out["active_edit_ids"]
     # Rollback returns a new version, the rolled-back id, and bitwise the weights from before.
     rollback = out["rollback"]
     assert rollback["version"] == edit["version"] + 1
@@ -143,7 +115,7 @@ def test_go_client_with_a_wrong_token_changes_nothing(live_sidecar, go_client: P
     prompt, target = live_sidecar.prompts[-2]
     with EditClient(live_sidecar.address) as client:
         before = client.health()
-        code, out = _run_go(
+        code, out = run_json(
             go_client,
             *("-addr", live_sidecar.address, "-token", "not-" + live_sidecar.token),
             *("-prompt", prompt, "-target", target),
@@ -168,7 +140,7 @@ def test_go_client_classifies_edits_and_rolls_back(
         label = service.classify(claim).label
         flipped = "REFUTES" if label == "SUPPORTS" else "SUPPORTS"
         with serving(service) as port:
-            code, out = _run_go(go_client, "-addr", f"127.0.0.1:{port}", "-prompt", claim, "-target", flipped,
+            code, out = run_json(go_client, "-addr", f"127.0.0.1:{port}", "-prompt", claim, "-target", flipped,
                                 "-classify", "-digest")  # fmt: skip
     finally:
         service.close()

@@ -40,6 +40,8 @@ def test_quick_main_job_writes_everything(quick_run):
         "MEMIT",
         "AlphaEdit",
         "KN",
+        "GRACE",
+        "EditCache",
     ]
     for method in ("MEND", "FT", "FT+KL", "ROME", "MEMIT", "AlphaEdit", "KN"):
         entry = report["methods"][method]

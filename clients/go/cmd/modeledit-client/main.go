@@ -5,7 +5,8 @@
 //  1. Health                       -> the starting weight version
 //  2. Generate (greedy)            -> the text before the edit
 //  3. Edit prompt -> target        -> edit id, new version, log p(target) before/after
-//  4. Generate (greedy)            -> the text after the edit, and the version that produced it
+//  4. Generate (greedy)            -> the text after the edit, and the version that produced it;
+//     GenerateStream of the same request (the chunks concatenated) and ListEdits (the active ids)
 //  5. Rollback by edit id          -> the new version and the ids rolled back
 //  6. Generate (greedy)            -> the text after the rollback
 //  7. Health                       -> the final weight version
@@ -31,6 +32,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -64,6 +66,16 @@ type EditResult struct {
 	Replayed            bool    `json:"replayed"`
 }
 
+// StreamResult is one GenerateStream call: the chunks' texts concatenated, how many chunks came,
+// the versions they named and whether the last one said done.
+type StreamResult struct {
+	Text      string   `json:"text"`
+	Chunks    int      `json:"chunks"`
+	NumTokens uint32   `json:"num_tokens"`
+	Versions  []uint64 `json:"versions"`
+	Done      bool     `json:"done"`
+}
+
 // RollbackResult is the Rollback answer.
 type RollbackResult struct {
 	Version    uint64   `json:"version"`
@@ -83,6 +95,8 @@ type Report struct {
 	ClassifyBefore        *ClassifyResult `json:"classify_before,omitempty"`
 	Edit                  EditResult      `json:"edit"`
 	GenerateAfter         *GenerateResult `json:"generate_after,omitempty"`
+	StreamAfter           *StreamResult   `json:"stream_after,omitempty"`
+	ActiveEditIDs         []string        `json:"active_edit_ids"`
 	ClassifyAfter         *ClassifyResult `json:"classify_after,omitempty"`
 	Rollback              RollbackResult  `json:"rollback"`
 	GenerateAfterRollback *GenerateResult `json:"generate_after_rollback,omitempty"`
@@ -159,6 +173,35 @@ func main() {
 		}
 		return &GenerateResult{Text: r.GetText(), NumTokens: r.GetNumTokens(), Version: r.GetVersion()}
 	}
+	stream := func(step string) *StreamResult {
+		if *classify {
+			return nil
+		}
+		ctx, cancel := call()
+		defer cancel()
+		seed := uint64(0)
+		st, err := client.GenerateStream(ctx, &pb.GenerateRequest{
+			Prompt: *prompt, MaxNewTokens: uint32(*maxNew), Temperature: 0, Seed: &seed,
+		})
+		if err != nil {
+			fail(step, err)
+		}
+		res := &StreamResult{Versions: []uint64{}}
+		for {
+			chunk, err := st.Recv()
+			if err == io.EOF {
+				return res
+			}
+			if err != nil {
+				fail(step, err)
+			}
+			res.Text += chunk.GetText()
+			res.Chunks++
+			res.NumTokens = chunk.GetNumTokens()
+			res.Versions = append(res.Versions, chunk.GetVersion())
+			res.Done = chunk.GetDone()
+		}
+	}
 	classifyPrompt := func(step string) *ClassifyResult {
 		if !*classify {
 			return nil
@@ -219,7 +262,19 @@ func main() {
 	}
 
 	rep.GenerateAfter = generate("generate_after")
+	rep.StreamAfter = stream("stream_after")
 	rep.ClassifyAfter = classifyPrompt("classify_after")
+
+	ctx, cancel = call()
+	listed, err := client.ListEdits(ctx, &pb.ListEditsRequest{})
+	cancel()
+	if err != nil {
+		fail("list_edits", err)
+	}
+	rep.ActiveEditIDs = []string{}
+	for _, info := range listed.GetEdits() {
+		rep.ActiveEditIDs = append(rep.ActiveEditIDs, info.GetEditId())
+	}
 
 	ctx, cancel = call()
 	rb, err := client.Rollback(authed(ctx), &pb.RollbackRequest{What: &pb.RollbackRequest_EditId{EditId: e.GetEditId()}})
