@@ -13,6 +13,8 @@ Writing an event: the tensors go to ``*.tmp``, are fsync'd and atomically rename
 record goes the same way, then the directory is fsync'd. A record is acknowledged only after
 all of that, so a crash leaves either nothing or a complete entry (plus ``*.tmp`` leftovers
 and tensor files without a record, which were never acknowledged and are removed at start-up).
+A write that fails without a crash (``OSError``: a full disk) removes what it wrote and
+re-raises, leaving the journal as it was.
 
 Each record carries ``checksum`` (sha256 of its canonical JSON without that field) and, for an
 edit, ``delta_sha256`` (sha256 of the tensor file). At start-up every entry is verified; a
@@ -93,13 +95,18 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via ``path.tmp``: write, fsync, rename (fsync of the dir by the caller)."""
+    """Write ``data`` to ``path`` via ``path.tmp``: write, fsync, rename (fsync of the dir by the caller).
+    A failed write (a full disk: ``OSError``) removes the ``.tmp`` and re-raises."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -262,11 +269,20 @@ class EditJournal:
         if self.read_only or self._lock_file is None or self._lock_file.closed:
             raise RuntimeError(f"journal {self.directory} is {'read-only' if self.read_only else 'closed'}")
 
-    def _commit(self, record: dict[str, Any]) -> JournalEntry:
+    def _commit(self, record: dict[str, Any], written: tuple[Path, ...] = ()) -> JournalEntry:
+        """Write ``record`` (the commit point). If that fails (``OSError``: a full disk, an I/O
+        error), the record and the files ``written`` for it are removed, so the journal is as
+        before the call, and the error is re-raised: the event was not acknowledged."""
         record["checksum"] = _record_checksum(record)
         data = json.dumps(record, sort_keys=True, indent=1).encode()
-        _write_atomic(self.directory / f"{record['seq']:08d}.json", data)
-        _fsync_dir(self.directory)
+        path = self.directory / f"{record['seq']:08d}.json"
+        try:
+            _write_atomic(path, data)
+            _fsync_dir(self.directory)
+        except OSError:
+            for p in (path, *written):
+                p.unlink(missing_ok=True)
+            raise
         entry = JournalEntry(record["seq"], record["op"], record)
         self.entries.append(entry)
         self._next_seq += 1
@@ -290,7 +306,7 @@ class EditJournal:
             "delta_file": delta_file,
             "delta_sha256": _sha256_bytes(data),
         }
-        return self._commit(full)
+        return self._commit(full, written=(self.directory / delta_file,))
 
     def append_rollback(self, edit_ids: list[str], to_version: int | None = None) -> JournalEntry:
         """Durably record that ``edit_ids`` were rolled back (by id, or by ``to_version``)."""

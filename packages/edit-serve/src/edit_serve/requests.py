@@ -2,18 +2,29 @@
 
 Every check here raises ``ServeError`` with the gRPC status code name the front returns
 (``INVALID_ARGUMENT`` for malformed values, ``RESOURCE_EXHAUSTED`` for sizes over a limit) and
-runs before anything changes. Nothing here imports torch, so the client can use it too.
+runs before anything changes; ``journal_write_failed`` is the refusal of a call whose journal
+write failed. Nothing here imports torch, so the client can use it too.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-__all__ = ["EditItem", "SamplingParams", "ServeError", "ServeLimits", "check_edit", "check_text"]
+__all__ = [
+    "EditItem",
+    "SamplingParams",
+    "ServeError",
+    "ServeLimits",
+    "check_edit",
+    "check_text",
+    "journal_write_failed",
+]
 
 
 class ServeError(Exception):
@@ -30,6 +41,16 @@ class ServeError(Exception):
 
 def invalid(message: str) -> ServeError:
     return ServeError("INVALID_ARGUMENT", message)
+
+
+def journal_write_failed(err: OSError, what: str) -> ServeError:
+    """The refusal of a call whose journal write failed (the journal removed what it wrote):
+    ``RESOURCE_EXHAUSTED`` when the disk is full (or over quota), ``UNAVAILABLE`` otherwise."""
+    code = "RESOURCE_EXHAUSTED" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "UNAVAILABLE"
+    where = f" writing {Path(err.filename).name}" if err.filename else ""
+    return ServeError(
+        code, f"the journal could not store the {what}{where}: {err.strerror or err}; nothing was changed"
+    )
 
 
 @dataclass(frozen=True)

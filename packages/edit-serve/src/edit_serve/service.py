@@ -31,6 +31,7 @@ from edit_serve.requests import (
     check_edit,
     check_text,
     invalid,
+    journal_write_failed,
 )
 from edit_serve.results import (
     ClassifyResult,
@@ -285,8 +286,10 @@ class EditService:
                     "delta_provenance": dict(delta.provenance),
                 }
                 entry = self.journal.append_edit(delta.to_tensors(), record)
-            except BaseException:
+            except BaseException as err:
                 self.weights.rollback([edit_id])  # not journaled: undo exactly
+                if isinstance(err, OSError):
+                    raise journal_write_failed(err, "edit") from err
                 raise
             self._memory = self._memory.with_edit(delta)
             self._index_edit(entry)
@@ -407,7 +410,10 @@ class EditService:
                 ]
                 if not ids:
                     return RollbackResult(self.version, [])
-            entry = self.journal.append_rollback(ids, to_version)
+            try:
+                entry = self.journal.append_rollback(ids, to_version)
+            except OSError as err:
+                raise journal_write_failed(err, "rollback") from err
             self.weights.rollback(ids)
             self._memory = KeyMemory.of(self.weights.active.values(), self._base_memory.preserved)
             for i in ids:
