@@ -1,6 +1,7 @@
 """The ``edit-serve`` command in a subprocess, for the tests that run it as a user would:
 ``ServerProcess`` (started in its own process group, ``address`` once it serves, ``kill()``
-takes Ray's processes with it), ``serve_env()`` and ``wait_journal_free``."""
+takes Ray's processes with it; ``command`` runs another server, e.g. ``serve_in_process.py``),
+``serve_env()`` and ``wait_journal_free``."""
 
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ def serve_env() -> dict[str, str]:
 class ServerProcess:
     """``python -m edit_serve ...`` in its own process group; ``address`` once it serves."""
 
-    def __init__(self, args: list[str], timeout: float = 180.0) -> None:
+    def __init__(self, args: list[str], timeout: float = 180.0, command: list[str] | None = None) -> None:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edit_serve", *args],
+            [*(command or [sys.executable, "-m", "edit_serve"]), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
