@@ -128,8 +128,9 @@ def test_a_failed_journal_write_undoes_the_edit(make_service, tiny_artifacts, mo
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(s.journal, "append_edit", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(ServeError) as refused:
         _edit(s, *tiny_artifacts.prompts[1])
+    assert refused.value.code == "RESOURCE_EXHAUSTED" and "nothing was changed" in refused.value.message
     assert _state(s) == state and len(s.weights.active) == 1
 
 
@@ -236,12 +237,12 @@ def test_concurrency_limit_and_stream_release(make_service, tiny_artifacts) -> N
     prompt = tiny_artifacts.prompts[0][0]
     stream = s.generate_stream(prompt, SamplingParams(max_new_tokens=8))
     next(stream)
-    assert s.lock.readers == 1
+    assert s._inflight == 1  # an open stream holds its slot (the read lock only during each step)
     with pytest.raises(ServeError) as err:
         s.generate(prompt)
     assert err.value.code == "RESOURCE_EXHAUSTED"
     stream.close()
-    assert s.lock.readers == 0
+    assert s._inflight == 0
     dropped = s.generate_stream(prompt, SamplingParams(max_new_tokens=8))  # never iterated, then dropped
     del dropped
     assert s.generate(prompt, SamplingParams(max_new_tokens=2)).num_tokens <= 2

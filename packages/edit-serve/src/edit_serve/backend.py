@@ -74,8 +74,8 @@ class LocalBackend:
                     return
                 yield item
         finally:
-            # Closing while a step still runs in a worker would fail ("generator already
-            # executing"): close once that step is done. Either way the read lock is released.
+            # Close once a pending ``next`` is done (it then returns the piece it was waiting
+            # for): either way the request leaves the decode loop and frees its slot.
             if pending is not None and not pending.done():
                 pending.add_done_callback(lambda _: it.close())
             else:

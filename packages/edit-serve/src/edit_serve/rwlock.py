@@ -1,8 +1,8 @@
 """A writer-preferring readers-writer lock for threads.
 
-Generate calls hold the read side for their whole generation (streaming included), so many
-run in parallel; Edit and Rollback hold the write side, so no reader ever sees a half-applied
-edit. Once a writer waits, new readers queue behind it (no writer starvation). The lock is not
+The decode loop holds the read side for each decode step (one forward pass of every generation
+in flight), Classify for its forward pass; Edit and Rollback hold the write side, so no forward
+pass ever sees a half-applied edit, and an edit waits for at most one step. Once a writer waits, new readers queue behind it (no writer starvation). The lock is not
 tied to a thread: a streaming generator may acquire in one worker thread and release in another.
 """
 

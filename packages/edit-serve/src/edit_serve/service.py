@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from edit_serve.generation import GenerationStream, context_length
+from edit_serve.batching import DecodeLoop, GenerationStream
+from edit_serve.generation import context_length
 from edit_serve.journal import EditJournal, JournalEntry, active_entries, utc_now
 from edit_serve.requests import (
     EditItem,
@@ -101,6 +102,7 @@ class EditService:
         self._by_key: dict[str, JournalEntry] = {}
         self._status: dict[str, str] = {}
         self._rolled_back_at: dict[str, str] = {}
+        self._decoder = DecodeLoop(model, tokenizer, self.lock, lambda: self.version)
         self._replay()
 
     # ------------------------------------------------------------ start-up
@@ -336,23 +338,26 @@ class EditService:
             )
         return ids
 
-    def generate_stream(self, prompt: str, sampling: SamplingParams | None = None) -> GenerationStream:
-        """Validate now (raises ``ServeError`` before any text), then iterate ``(step, version)``.
-
-        The read lock is taken at the first step and held until the last, so every piece comes
-        from the same weights (the version). ``close()`` the stream to release it early."""
+    def _submit(self, prompt: str, sampling: SamplingParams | None, restart: bool) -> GenerationStream:
         self._served_as("Generate", classifier=False)
         check_text("prompt", prompt, self.limits)
         params = (sampling or SamplingParams()).validated(self.limits)
         ids = self._checked_ids("prompt", prompt)
         self._enter_generation()
-        return GenerationStream(
-            self.model, self.tokenizer, ids, params, self.lock, lambda: self.version, self._leave_generation
-        )
+        return self._decoder.submit(ids, params, restart=restart, on_close=self._leave_generation)
+
+    def generate_stream(self, prompt: str, sampling: SamplingParams | None = None) -> GenerationStream:
+        """Validate now (raises ``ServeError`` before any text), then iterate ``(step, version)``.
+
+        The request joins the decode loop (``edit_serve.batching``): it is decoded together with
+        the others in flight, and an edit may land between two of its steps; each piece names the
+        version that produced it (versions never decrease). ``close()`` the stream to leave early."""
+        return self._submit(prompt, sampling, restart=False)
 
     def generate(self, prompt: str, sampling: SamplingParams | None = None) -> GenerateResult:
-        """The whole continuation at once (the stream's pieces joined)."""
-        stream = self.generate_stream(prompt, sampling)
+        """The whole continuation at once, all of it from the one version it names (an edit that
+        lands meanwhile makes the request start again on the new weights)."""
+        stream = self._submit(prompt, sampling, restart=True)
         try:
             steps = [step for step, _ in stream]
         finally:
@@ -464,6 +469,7 @@ class EditService:
         )
 
     def close(self) -> None:
+        self._decoder.close()
         self.journal.close()
 
 
