@@ -98,27 +98,26 @@ def _check_restarted(client, ack: Acknowledged, digest_of_journal) -> tuple[list
     everything = {e.edit_id: e for e in client.list_edits(include_rolled_back=True)}
     active = {i for i, e in everything.items() if e.status == 1}
     by_key = {e.idempotency_key: i for i, e in everything.items()}
-    problems += [f"acknowledged edit {i} is not active" for i in sorted(set(ack.active) - active)]
-    problems += [f"acknowledged rollback of {i} is not in effect" for i in sorted(ack.rolled_back & active)]
-    problems += [f"refused edit {k} is in the journal" for k in sorted(ack.refused_keys & set(by_key))]
-    known = set(ack.active) | ack.rolled_back
+    # First the call in flight at the kill: its outcome is whatever the restarted server says,
+    # as long as it is whole (then ``ack`` takes it in).
     if ack.in_flight and ack.in_flight[0] == "edit":
         _, key, n_items = ack.in_flight
         if key in by_key:
-            edit_id = by_key[key]
-            known.add(edit_id)
+            edit_id, applied = by_key[key], True
             if len(everything[edit_id].items) != n_items:
                 problems.append(
                     f"in-flight edit {key} has {len(everything[edit_id].items)} of {n_items} items"
                 )
-            if edit_id in active:
-                ack.active[edit_id] = key
-            applied = True
+            ack.active[edit_id] = key
     elif ack.in_flight and ack.in_flight[0] == "rollback" and ack.in_flight[1] not in active:
         applied = True
         ack.active.pop(ack.in_flight[1])
         ack.rolled_back.add(ack.in_flight[1])
     ack.in_flight = None
+    problems += [f"acknowledged edit {i} is not active" for i in sorted(set(ack.active) - active)]
+    problems += [f"acknowledged rollback of {i} is not in effect" for i in sorted(ack.rolled_back & active)]
+    problems += [f"refused edit {k} is in the journal" for k in sorted(ack.refused_keys & set(by_key))]
+    known = set(ack.active) | ack.rolled_back
     problems += [f"edit {i} was never sent or acknowledged" for i in sorted(set(everything) - known)]
     served = client.health(weights_digest=True).weights_sha256
     if served != digest_of_journal():
