@@ -153,3 +153,28 @@ def test_a_failing_forward_fails_its_requests_not_the_loop(world) -> None:
         handle.remove()
         loop.close()
     assert text == _alone(model, tokenizer, ids, params)
+
+
+def test_a_whole_reply_that_keeps_restarting_is_aborted_and_streams_go_on(world) -> None:
+    """A new version at every step (an edit per decode step): a Generate restarts at most
+    ``max_restarts`` times, then fails ABORTED; a stream beside it continues to its end, its chunks
+    naming ever newer versions."""
+    from edit_serve import ServeError
+
+    tokenizer = world_tokenizer("gpt2", world.corpus)
+    model = build_tiny("gpt2", tokenizer=tokenizer)
+    versions = iter(range(10_000))
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=1).validated(ServeLimits())
+    ids = tokenizer(world.records[0].prompt, return_tensors="pt").input_ids
+    loop = DecodeLoop(model, tokenizer, ReadWriteLock(), lambda: next(versions), max_restarts=2)
+    try:
+        whole = loop.submit(ids, params, restart=True, on_close=lambda: None)
+        stream = loop.submit(ids, params, restart=False, on_close=lambda: None)
+        with pytest.raises(ServeError) as aborted:
+            list(whole)
+        chunks = list(stream)
+    finally:
+        loop.close()
+    assert aborted.value.code == "ABORTED" and "changed 3 times" in aborted.value.message
+    seen = [v for _, v in chunks]
+    assert chunks[-1][0].done and seen == sorted(seen) and len(set(seen)) == len(seen)

@@ -13,7 +13,9 @@ so no cache mixes versions either:
 - a **stream** (``GenerateStream``) continues from the text it has sent, recomputed under the new
   weights; its chunks name their versions, which never decrease;
 - a **whole reply** (``Generate``, ``restart=True``) starts again from its prompt, with its seed,
-  under the new weights, so its text is exactly what the version it names produces.
+  under the new weights, so its text is exactly what the version it names produces. After
+  ``max_restarts`` such restarts it fails with ``ABORTED`` (the weights kept changing under it;
+  the client retries), so a stream of edits cannot keep it running forever.
 
 Causal LMs whose forward takes ``position_ids`` decode as one left-padded batch (attention mask
 and per-row positions; a row that ends is dropped from the cache, a row that joins rebuilds it).
@@ -43,7 +45,7 @@ from edit_serve.generation import (
     stepper,
     token_budget,
 )
-from edit_serve.requests import SamplingParams
+from edit_serve.requests import SamplingParams, ServeError
 from edit_serve.rwlock import ReadWriteLock
 
 __all__ = ["DecodeLoop", "GenerationStream"]
@@ -58,6 +60,7 @@ class _Request:
     prompt: Tensor  # [1, T], on CPU
     params: SamplingParams
     restart: bool  # start again on a new version (a whole reply) instead of continuing (a stream)
+    restarts: int = 0
     pieces: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
     text: Continuation | None = None
@@ -119,9 +122,15 @@ class DecodeLoop:
     returns its stream; the thread starts with the first request and stops on ``close()``."""
 
     def __init__(
-        self, model: nn.Module, tokenizer, lock: ReadWriteLock, version_of: Callable[[], int]
+        self,
+        model: nn.Module,
+        tokenizer,
+        lock: ReadWriteLock,
+        version_of: Callable[[], int],
+        max_restarts: int = 3,
     ) -> None:
         self.model, self.tokenizer, self.lock, self.version_of = model, tokenizer, lock, version_of
+        self.max_restarts = max_restarts
         self.cache = cache_argument(model)
         forward = inspect.signature(model.forward).parameters
         self.batched = not getattr(model.config, "is_encoder_decoder", False) and "position_ids" in forward
@@ -187,10 +196,23 @@ class DecodeLoop:
         version = self.version_of()
         changed = version != self._version
         if changed:  # an edit or rollback landed: no cache survives it
+            aborted = []
             for request in self._rows:
                 if request.restart:
+                    request.restarts += 1
+                    if request.restarts > self.max_restarts:
+                        request.pieces.put(
+                            ServeError(
+                                "ABORTED",
+                                f"the weights changed {request.restarts} times during this Generate "
+                                f"(now version {version}); retry it",
+                            )
+                        )
+                        aborted.append(request)
+                        continue
                     request.reset(self.model, self.tokenizer)
                 request.single = None
+            self._drop(aborted)
         for request in arrived:
             request.reset(self.model, self.tokenizer)
         self._version = version

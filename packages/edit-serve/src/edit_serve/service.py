@@ -356,7 +356,8 @@ class EditService:
 
     def generate(self, prompt: str, sampling: SamplingParams | None = None) -> GenerateResult:
         """The whole continuation at once, all of it from the one version it names (an edit that
-        lands meanwhile makes the request start again on the new weights)."""
+        lands meanwhile makes the request start again on the new weights; after three such
+        restarts it fails ``ABORTED``, to be retried)."""
         stream = self._submit(prompt, sampling, restart=True)
         try:
             steps = [step for step, _ in stream]
