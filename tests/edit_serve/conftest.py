@@ -182,16 +182,18 @@ def classifier_dirs(tmp_path_factory):
     return root / "model", root / "editor"
 
 
-def service_for(model_dir: Path, editor_dir: Path, journal_dir: Path, *, model_name: str = ""):
+def service_for(
+    model_dir: Path, editor_dir: Path, journal_dir: Path, *, model_name: str = "", follower: bool = False
+):
     """An ``EditService`` on the model and editor directories as ``edit-serve`` loads them, with the
-    journal in ``journal_dir`` (replayed if it has entries). Close it when done."""
+    journal in ``journal_dir`` (replayed if it has entries; read-only for a ``follower`` replica).
+    Close it when done."""
     from edit_serve import EditJournal, EditService
     from edit_serve.loading import load_served
 
     loaded = load_served(model_dir, editor_dir)
-    return EditService(
-        loaded.model, loaded.tokenizer, loaded.editor, EditJournal(journal_dir), model_name=model_name
-    )
+    journal = EditJournal(journal_dir, read_only=follower)
+    return EditService(loaded.model, loaded.tokenizer, loaded.editor, journal, model_name=model_name)
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ Serve deployment handle (``RayBackend``). Both offer the same two async calls:
 
 ``LocalBackend`` runs the blocking service methods in a thread pool, so the event loop never
 waits on the readers-writer lock or on the model. It is also what the Ray deployment uses
-inside its replica. ``serving(service)`` puts the gRPC front over a ``LocalBackend`` without Ray
-(tests, and machines where Ray is not installed).
+inside its replica. ``serving(service, ...)`` puts the gRPC front over ``LocalBackend``s without
+Ray (tests, and machines where Ray is not installed); several replicas are a ``ReplicaSet`` of
+backends (``edit_serve.replicas``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class LocalBackend:
         self._pool_of = {
             "edit": self.writes,
             "rollback": self.writes,
+            "sync": self.writes,
             "generate": self.generations,
             "classify": self.generations,
             "list_edits": self.queries,
@@ -115,17 +117,21 @@ class RayBackend:
 
 
 @contextlib.contextmanager
-def serving(service: EditService, **front: Any) -> Iterator[int]:
-    """Serve ``service`` through the gRPC front (``front``: ``start_grpc_server``'s options; a free
-    port on 127.0.0.1 by default) from a background event loop, without Ray; yields the port. On
-    exit the front stops and the backend's threads are joined (the service stays open)."""
+def serving(*services: EditService, **front: Any) -> Iterator[int]:
+    """Serve ``services`` through the gRPC front (``front``: ``start_grpc_server``'s options; a free
+    port on 127.0.0.1 by default) from a background event loop, without Ray; yields the port.
+    Several services are replicas (``edit_serve.replicas.ReplicaSet``): the first is the leader,
+    the others follow its journal read-only. On exit the front stops and the backends' threads
+    are joined (the services stay open)."""
     from edit_serve.front import start_grpc_server
+    from edit_serve.replicas import ReplicaSet
 
     front.setdefault("port", 0)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True, name="edit-serve-front")
     thread.start()
-    backend = LocalBackend(service)
+    backends = [LocalBackend(s) for s in services]
+    backend = backends[0] if len(backends) == 1 else ReplicaSet(backends)
     try:
         server, port = asyncio.run_coroutine_threadsafe(start_grpc_server(backend, **front), loop).result(30)
         try:
@@ -135,5 +141,6 @@ def serving(service: EditService, **front: Any) -> Iterator[int]:
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
-        for pool in (backend.writes, backend.generations, backend.queries):
-            pool.shutdown(wait=True)
+        for b in backends:
+            for pool in (b.writes, b.generations, b.queries):
+                pool.shutdown(wait=True)

@@ -75,7 +75,10 @@ def serve(
     journal: Path = typer.Option(None, help="journal directory (default: <model>/../journal)"),
     host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback must be asked for"),
     port: int = typer.Option(50051, min=0, max=65535, help="port (0 = a free one, printed at start)"),
-    num_gpus: int = typer.Option(0, min=0, help="GPUs for the replica; the model is split over them"),
+    num_gpus: int = typer.Option(0, min=0, help="GPUs for each replica; its model is split over them"),
+    replicas: int = typer.Option(
+        1, min=1, help="full copies of the model; replica 0 leads, every edit is on all before its reply"
+    ),
     token: str = typer.Option(None, envvar="EDIT_SERVE_TOKEN", help="require this token for Edit/Rollback"),
     tls_cert: Path = typer.Option(None, exists=True, dir_okay=False, help="PEM certificate (TLS)"),
     tls_key: Path = typer.Option(None, exists=True, dir_okay=False, help="PEM private key (TLS)"),
@@ -148,13 +151,15 @@ def serve(
         limits=limits,
         ray_num_gpus=ray_num_gpus,
         stats_corpus=stats_corpus,
+        replicas=replicas,
     )
     try:
         sidecar = start_sidecar(settings)
     except (RuntimeError, OSError, ValueError) as err:
         typer.echo(f"[edit-serve] could not start: {err}", err=True)
         raise typer.Exit(1) from err
-    typer.echo(f"[edit-serve] serving {model} on {sidecar.address} (journal {journal})", err=False)
+    copies = f", {replicas} replicas" if replicas > 1 else ""
+    typer.echo(f"[edit-serve] serving {model} on {sidecar.address} (journal {journal}{copies})", err=False)
     sys.stdout.flush()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -95,7 +95,9 @@ class EditClient:
         return self.stub.Edit(request, **self._kw())
 
     @staticmethod
-    def _generate_request(prompt: str, sampling: SamplingParams | None) -> pb.GenerateRequest:
+    def _generate_request(
+        prompt: str, sampling: SamplingParams | None, min_version: int
+    ) -> pb.GenerateRequest:
         sampling = sampling or SamplingParams()
         request = pb.GenerateRequest(
             prompt=prompt,
@@ -103,25 +105,29 @@ class EditClient:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             stop=list(sampling.stop),
+            min_version=min_version,
         )
         if sampling.seed is not None:
             request.seed = sampling.seed
         return request
 
-    def generate(self, prompt: str, sampling: SamplingParams | None = None) -> pb.GenerateReply:
-        """The continuation of ``prompt`` (greedy by default) and the weight version that made it."""
-        return self.stub.Generate(self._generate_request(prompt, sampling), **self._kw())
+    def generate(
+        self, prompt: str, sampling: SamplingParams | None = None, *, min_version: int = 0
+    ) -> pb.GenerateReply:
+        """The continuation of ``prompt`` (greedy by default) and the weight version that made it;
+        ``min_version`` (e.g. an ``EditReply.version``) makes it see at least that version."""
+        return self.stub.Generate(self._generate_request(prompt, sampling, min_version), **self._kw())
 
-    def classify(self, text: str) -> pb.ClassifyReply:
+    def classify(self, text: str, *, min_version: int = 0) -> pb.ClassifyReply:
         """The served classifier's label for ``text``, every label's probability, and the version."""
-        return self.stub.Classify(pb.ClassifyRequest(text=text), **self._kw())
+        return self.stub.Classify(pb.ClassifyRequest(text=text, min_version=min_version), **self._kw())
 
     def generate_stream(
-        self, prompt: str, sampling: SamplingParams | None = None
+        self, prompt: str, sampling: SamplingParams | None = None, *, min_version: int = 0
     ) -> Iterator[pb.GenerateChunk]:
         """Chunks of the continuation as they are generated; the last has ``done=True``.
         Call ``.cancel()`` on the returned iterator to stop early."""
-        return self.stub.GenerateStream(self._generate_request(prompt, sampling), **self._kw())
+        return self.stub.GenerateStream(self._generate_request(prompt, sampling, min_version), **self._kw())
 
     def rollback(self, *, edit_id: str | None = None, to_version: int | None = None) -> pb.RollbackReply:
         """Undo one active edit, or every edit applied after ``to_version``."""

@@ -1,7 +1,12 @@
 """The Ray Serve deployment and the running sidecar (Ray + deployment + gRPC front).
 
-One replica holds the model and the editor; with ``num_gpus = N`` it asks Ray for N GPUs and
+A replica holds the model and the editor; with ``num_gpus = N`` it asks Ray for N GPUs and
 the model is split over exactly those (see ``edit_serve.loading``). The same code runs on CPU.
+``replicas = N`` runs N full copies, each its own Serve application of one replica (a Serve
+handle routes each call to some replica of a deployment and cannot address them all, which
+every write must); replica 0 leads and owns the journal, the others follow it read-only, and
+the front's ``ReplicaSet`` keeps them in step (``edit_serve.replicas``). The journal directory
+must be one file system every replica reads (one host, or a shared mount).
 
 Why our own gRPC front instead of Ray Serve's gRPC proxy: Serve's proxy binds every
 interface (``0.0.0.0``) and offers no per-method authentication, so anyone who can reach the
@@ -49,9 +54,11 @@ class SidecarSettings:
     ray_num_cpus: int | None = None
     ray_num_gpus: int | None = None
     stats_corpus: str | None = None
+    replicas: int = 1
+    sync_timeout_s: float = 10.0
 
 
-def _build_service(settings: SidecarSettings):
+def _build_service(settings: SidecarSettings, follower: bool = False):
     from edit_serve.journal import EditJournal
     from edit_serve.loading import load_served
     from edit_serve.service import EditService
@@ -59,7 +66,7 @@ def _build_service(settings: SidecarSettings):
     loaded = load_served(
         settings.model, settings.editor, num_gpus=settings.num_gpus, stats_corpus=settings.stats_corpus
     )
-    journal = EditJournal(settings.journal, skip=settings.skip_corrupt)
+    journal = EditJournal(settings.journal, skip=settings.skip_corrupt, read_only=follower)
     for note in journal.notes:
         print(f"[edit-serve] journal: {note}", flush=True)
     try:
@@ -82,12 +89,12 @@ class EditServeDeployment:
     in ``start_sidecar``. Replies are tagged tuples (``("ok", value)`` / ``("error", code, msg)``)
     so refusals cross Ray as data, not as wrapped exceptions."""
 
-    def __init__(self, settings: dict) -> None:
+    def __init__(self, settings: dict, follower: bool = False) -> None:
         from edit_serve.backend import LocalBackend
 
         limits = ServeLimits(**settings.pop("limits"))
         self.settings = SidecarSettings(**settings, limits=limits)
-        self.backend = LocalBackend(_build_service(self.settings))
+        self.backend = LocalBackend(_build_service(self.settings, follower))
 
     async def call(self, method: str, kwargs: dict) -> tuple:
         try:
@@ -124,18 +131,26 @@ def _format_address(host: str, port: int) -> str:
 
 @dataclass
 class RunningSidecar:
-    """A started sidecar: ``address`` ("127.0.0.1:PORT"), the deployment ``handle``, ``stop()``."""
+    """A started sidecar: ``address`` ("127.0.0.1:PORT"), one deployment handle per replica
+    (``handles[0]`` leads), ``stop()``."""
 
     address: str
     port: int
-    handle: Any
+    handles: list[Any]
     settings: SidecarSettings
     _loop: asyncio.AbstractEventLoop = field(repr=False)
     _thread: threading.Thread = field(repr=False)
     _server: Any = field(repr=False)
 
-    def placement(self) -> dict[str, Any]:
-        return self.handle.placement.remote().result()
+    def placement(self, replica: int = 0) -> dict[str, Any]:
+        return self.handles[replica].placement.remote().result()
+
+    def ask_replica(self, replica: int, method: str, **kwargs: Any) -> Any:
+        """One replica's own answer (``EditService.<method>``), bypassing the front: e.g.
+        ``ask_replica(1, "health", with_digest=True)``. Raises ``ServeError`` on refusal."""
+        from edit_serve.backend import _unwrap
+
+        return _unwrap(self.handles[replica].call.remote(method, kwargs).result())
 
     def stop(self) -> None:
         """Stop the gRPC front, the Serve application and Ray."""
@@ -159,6 +174,7 @@ def start_sidecar(settings: SidecarSettings) -> RunningSidecar:
 
     from edit_serve.backend import RayBackend
     from edit_serve.front import start_grpc_server
+    from edit_serve.replicas import ReplicaSet
 
     settings = replace(
         settings,
@@ -179,6 +195,8 @@ def start_sidecar(settings: SidecarSettings) -> RunningSidecar:
         )
     serve.start(proxy_location="Disabled")
     limits = settings.limits
+    if settings.replicas < 1:
+        raise ValueError(f"replicas={settings.replicas}: at least one is needed")
     deployment = serve.deployment(
         EditServeDeployment,
         name="EditServeDeployment",
@@ -188,13 +206,20 @@ def start_sidecar(settings: SidecarSettings) -> RunningSidecar:
         health_check_period_s=10,
         logging_config={"enable_access_log": False},  # one INFO line per Generate is noise
     )
-    payload = asdict(settings)
+    handles = []
     try:
-        handle = serve.run(deployment.bind(payload), name=APP_NAME, route_prefix=None)
+        for i in range(settings.replicas):  # the leader first: it takes the journal's LOCK
+            name = APP_NAME if i == 0 else f"{APP_NAME}-replica-{i}"
+            app = deployment.bind(asdict(settings), follower=i > 0)
+            handles.append(serve.run(app, name=name, route_prefix=None))
     except Exception as err:
         serve.shutdown()
         ray.shutdown()
-        raise RuntimeError(f"the edit-serve replica failed to start: {err}") from err
+        raise RuntimeError(f"edit-serve replica {len(handles)} failed to start: {err}") from err
+    backends = [RayBackend(h) for h in handles]
+    backend = (
+        backends[0] if len(backends) == 1 else ReplicaSet(backends, sync_timeout_s=settings.sync_timeout_s)
+    )
 
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
@@ -206,7 +231,7 @@ def start_sidecar(settings: SidecarSettings) -> RunningSidecar:
         async def boot() -> None:
             try:
                 started["server"], started["port"] = await start_grpc_server(
-                    RayBackend(handle),
+                    backend,
                     host=settings.host,
                     port=settings.port,
                     token=settings.token,
@@ -232,5 +257,5 @@ def start_sidecar(settings: SidecarSettings) -> RunningSidecar:
         raise started["error"]
     port = started["port"]
     return RunningSidecar(
-        _format_address(settings.host, port), port, handle, settings, loop, thread, started["server"]
+        _format_address(settings.host, port), port, handles, settings, loop, thread, started["server"]
     )

@@ -123,14 +123,20 @@ class ModelEditServicer:
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateReply:
         await self._check(request, context)
-        r = await self._call(context, "generate", prompt=request.prompt, sampling=sampling_of(request))
+        r = await self._call(
+            context,
+            "generate",
+            prompt=request.prompt,
+            sampling=sampling_of(request),
+            min_version=int(request.min_version),
+        )
         return pb.GenerateReply(**asdict(r))
 
     async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         await self._check(request, context)
         try:
             async for step, version in self.backend.stream(
-                prompt=request.prompt, sampling=sampling_of(request)
+                prompt=request.prompt, sampling=sampling_of(request), min_version=int(request.min_version)
             ):
                 yield pb.GenerateChunk(**asdict(step), version=version)
         except grpc.aio.AbortError:
@@ -142,7 +148,8 @@ class ModelEditServicer:
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyReply:
         await self._check(request, context)
-        return pb.ClassifyReply(**asdict(await self._call(context, "classify", text=request.text)))
+        r = await self._call(context, "classify", text=request.text, min_version=int(request.min_version))
+        return pb.ClassifyReply(**asdict(r))
 
     async def Rollback(
         self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext

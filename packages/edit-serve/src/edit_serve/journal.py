@@ -140,7 +140,8 @@ class EditJournal:
     ``directory/LOCK`` (``JournalLockedError`` when another process holds it). ``entries``
     lists the trusted events in order; ``notes`` says what start-up cleaned up or skipped.
     ``read_only=True`` inspects a journal (even one a running server holds): no lock, nothing
-    removed or moved, corrupt entries raise unless skipped, and appending is refused.
+    removed or moved, corrupt entries raise unless skipped, and appending is refused; a follower
+    replica reads it this way and picks up the owner's new events with ``read_new``/``adopt``.
     """
 
     def __init__(self, directory: str | Path, *, skip: Collection[int] = (), read_only: bool = False) -> None:
@@ -255,6 +256,31 @@ class EditJournal:
     def last_seq(self) -> int:
         """Sequence number of the last event written (0 for an empty journal); the weight version."""
         return self._next_seq - 1
+
+    def read_new(self) -> list[JournalEntry]:
+        """A read-only journal (a follower replica's): the events the owner wrote after ``last_seq``,
+        verified, in order. They join ``entries`` only through ``adopt``, so a follower that cannot
+        apply one reads it again next time. An event still being written (its record not yet
+        renamed into place) is not there yet; a damaged one raises ``JournalCorruptError``."""
+        if not self.read_only:
+            raise RuntimeError(f"journal {self.directory}: read_new is for read-only journals (followers)")
+        new: list[JournalEntry] = []
+        seq = self.last_seq + 1
+        while (path := self.directory / f"{seq:08d}.json").is_file():
+            record, why = self._verify(seq, path)
+            if why is not None:
+                raise JournalCorruptError(self.directory, {seq: why})
+            assert record is not None
+            new.append(JournalEntry(seq, record["op"], record))
+            seq += 1
+        return new
+
+    def adopt(self, entry: JournalEntry) -> None:
+        """A follower applied ``entry`` (from ``read_new``): it is now the last event of ``entries``."""
+        if entry.seq != self.last_seq + 1:
+            raise ValueError(f"entry {entry.seq} does not follow version {self.last_seq}")
+        self.entries.append(entry)
+        self._next_seq = entry.seq + 1
 
     def load_tensors(self, entry: JournalEntry) -> dict[str, torch.Tensor]:
         """The EditDelta tensors of an edit entry (as given to ``append_edit``)."""

@@ -36,6 +36,7 @@ class EditResult:
     target_logprob_after: float
     replayed: bool
     items: list[EditItemResult] = field(default_factory=list)
+    replicas: int = 1  # replicas serving this version when the reply was sent
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class ClassifyResult:
 class RollbackResult:
     version: int
     rolled_back: list[str]
+    replicas: int = 1
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,4 @@ class HealthInfo:
     model: str
     device: str
     weights_sha256: str = ""
+    replicas: int = 1  # replicas serving (status "DIVERGED" when their digests differ)

@@ -8,6 +8,12 @@ gRPC status code name the front returns); every refusal leaves the weights and j
 Versions: the weight version is the sequence number of the last journal event (0 = base
 weights, no edit ever). Each Edit and each effective Rollback is one event, so a version
 names exactly one set of active edits, across restarts too.
+
+Leader and followers: a service on a writable journal (it holds the LOCK) is the one that edits.
+A service on a read-only journal is a follower replica (``--replicas``): it refuses Edit and
+Rollback, and ``sync()`` applies the events the leader journaled since its version, from the
+journal's own files, so every replica holds the same bytes as a restart replay would. A read
+with ``min_version`` above the replica's version syncs first (read your writes).
 """
 
 from __future__ import annotations
@@ -111,13 +117,16 @@ class EditService:
             if entry.op == "edit":
                 self._index_edit(entry)
             else:
-                for edit_id in entry.record["edit_ids"]:
-                    if edit_id in self._status:  # ids of skipped (quarantined) edits are ignored
-                        self._status[edit_id] = "rolled_back"
-                        self._rolled_back_at[edit_id] = entry.record["created_at"]
+                self._mark_rolled_back(entry)
         active = active_entries(self.journal.entries)
         self.weights.load_active((e.edit_id, self._load_delta(e)) for e in active)
         self._memory = KeyMemory.of(self.weights.active.values(), self._base_memory.preserved)
+
+    def _mark_rolled_back(self, entry: JournalEntry) -> None:
+        for edit_id in entry.record["edit_ids"]:
+            if edit_id in self._status:  # ids of skipped (quarantined) edits are ignored
+                self._status[edit_id] = "rolled_back"
+                self._rolled_back_at[edit_id] = entry.record["created_at"]
 
     def _index_edit(self, entry: JournalEntry) -> None:
         self._edits[entry.edit_id] = entry
@@ -155,12 +164,24 @@ class EditService:
         """log p(target | prompt) summed over the target tokens, as the editor scores it."""
         return -float(score_targets(self.model, self.tokenizer, [prompt], [target]).nll[0])
 
-    def _check_model_finite(self, names: Sequence[str]) -> str | None:
+    def _apply(self, edit_id: str, delta: EditDelta) -> None:
+        """``weights.apply`` checking that the touched parameters stay finite (``ValueError``, undone)."""
         params = dict(self.model.named_parameters())
-        for name in names:
-            if name in params and not bool(torch.isfinite(params[name]).all()):
-                return f"applying the edit made parameter {name} non-finite; nothing was changed"
-        return None
+
+        def check() -> str | None:
+            for name in (f"{layer}.weight" for layer in delta.layers):
+                if name in params and not bool(torch.isfinite(params[name]).all()):
+                    return f"applying the edit made parameter {name} non-finite; nothing was changed"
+            return None
+
+        self.weights.apply(edit_id, delta, check=check)
+
+    def _refuse_follower(self, rpc: str) -> None:
+        if self.journal.read_only:
+            raise ServeError(
+                "FAILED_PRECONDITION",
+                f"{rpc}: this replica follows the journal {self.journal.directory}; writes go to the leader",
+            )
 
     # ------------------------------------------------------------ Edit
     def _check_edit_tokens(self, items: Sequence[EditItem]) -> None:
@@ -246,6 +267,7 @@ class EditService:
         """Compute the edit of ``items`` (one or several ``prompt -> target`` corrections, each with
         its rephrasings, solved together), journal it durably as one entry and one version, apply it.
         Returns once the journal entry is fsync'd. A bad item refuses the whole call, naming it."""
+        self._refuse_follower("Edit")
         items = [items] if isinstance(items, EditItem) else list(items)
         provenance = dict(provenance or {})
         check_edit(items, idempotency_key, provenance, self.limits)
@@ -259,9 +281,8 @@ class EditService:
             before = [self._target_logprob(x.prompt, x.target) for x in items]
             delta = self._compute(items)
             edit_id = secrets.token_hex(8)
-            touched = [f"{name}.weight" for name in delta.layers]
             try:
-                self.weights.apply(edit_id, delta, check=lambda: self._check_model_finite(touched))
+                self._apply(edit_id, delta)
             except ValueError as err:
                 raise ServeError("FAILED_PRECONDITION", str(err)) from err
             try:
@@ -338,27 +359,48 @@ class EditService:
             )
         return ids
 
-    def _submit(self, prompt: str, sampling: SamplingParams | None, restart: bool) -> GenerationStream:
+    def _at_least(self, min_version: int) -> None:
+        """Read your writes: a follower behind ``min_version`` syncs first; ``OUT_OF_RANGE`` when the
+        journal does not reach it (a version no Edit or Rollback of this sidecar returned)."""
+        if min_version < 0:
+            raise invalid(f"min_version={min_version} is negative")
+        if self.version < min_version:
+            self.sync()
+        if self.version < min_version:
+            raise ServeError(
+                "OUT_OF_RANGE",
+                f"min_version={min_version} is ahead of the journal (its last version is {self.version})",
+            )
+
+    def _submit(
+        self, prompt: str, sampling: SamplingParams | None, restart: bool, min_version: int
+    ) -> GenerationStream:
         self._served_as("Generate", classifier=False)
         check_text("prompt", prompt, self.limits)
         params = (sampling or SamplingParams()).validated(self.limits)
         ids = self._checked_ids("prompt", prompt)
+        self._at_least(min_version)
         self._enter_generation()
         return self._decoder.submit(ids, params, restart=restart, on_close=self._leave_generation)
 
-    def generate_stream(self, prompt: str, sampling: SamplingParams | None = None) -> GenerationStream:
+    def generate_stream(
+        self, prompt: str, sampling: SamplingParams | None = None, min_version: int = 0
+    ) -> GenerationStream:
         """Validate now (raises ``ServeError`` before any text), then iterate ``(step, version)``.
 
         The request joins the decode loop (``edit_serve.batching``): it is decoded together with
         the others in flight, and an edit may land between two of its steps; each piece names the
-        version that produced it (versions never decrease). ``close()`` the stream to leave early."""
-        return self._submit(prompt, sampling, restart=False)
+        version that produced it (versions never decrease, and are at least ``min_version``).
+        ``close()`` the stream to leave early."""
+        return self._submit(prompt, sampling, restart=False, min_version=min_version)
 
-    def generate(self, prompt: str, sampling: SamplingParams | None = None) -> GenerateResult:
-        """The whole continuation at once, all of it from the one version it names (an edit that
-        lands meanwhile makes the request start again on the new weights; after three such
-        restarts it fails ``ABORTED``, to be retried)."""
-        stream = self._submit(prompt, sampling, restart=True)
+    def generate(
+        self, prompt: str, sampling: SamplingParams | None = None, min_version: int = 0
+    ) -> GenerateResult:
+        """The whole continuation at once, all of it from the one version it names, at least
+        ``min_version`` (an edit that lands meanwhile makes the request start again on the new
+        weights; after three such restarts it fails ``ABORTED``, to be retried)."""
+        stream = self._submit(prompt, sampling, restart=True, min_version=min_version)
         try:
             steps = [step for step, _ in stream]
         finally:
@@ -368,11 +410,12 @@ class EditService:
         )
 
     # ------------------------------------------------------------ Classify
-    def classify(self, text: str) -> ClassifyResult:
+    def classify(self, text: str, min_version: int = 0) -> ClassifyResult:
         """The served classifier's label for ``text`` and every label's probability, read under the
-        read lock (one version)."""
+        read lock (one version, at least ``min_version``)."""
         self._served_as("Classify", classifier=True)
         ids = self._checked_ids("text", text)
+        self._at_least(min_version)
         self._enter_generation()
         try:
             with self.lock.read(), torch.no_grad():
@@ -394,6 +437,7 @@ class EditService:
     # ------------------------------------------------------------ Rollback
     def rollback(self, edit_id: str | None = None, to_version: int | None = None) -> RollbackResult:
         """Undo one active edit (by id) or every active edit applied after ``to_version``."""
+        self._refuse_follower("Rollback")
         if (edit_id is None) == (to_version is None):
             raise invalid("give exactly one of edit_id or to_version")
         with self.lock.write():
@@ -422,10 +466,45 @@ class EditService:
                 raise journal_write_failed(err, "rollback") from err
             self.weights.rollback(ids)
             self._memory = KeyMemory.of(self.weights.active.values(), self._base_memory.preserved)
-            for i in ids:
-                self._status[i] = "rolled_back"
-                self._rolled_back_at[i] = entry.record["created_at"]
+            self._mark_rolled_back(entry)
             return RollbackResult(entry.seq, ids)
+
+    # ------------------------------------------------------------ followers
+    def sync(self) -> int:
+        """A follower (read-only journal) applies the events journaled since its version, in order,
+        under the write lock, and returns its version; the leader just returns its version.
+
+        An edit that a later event of the same batch rolls back is never applied (so a follower
+        that refused an edit, which the leader then rolled back, syncs past it). An edit that cannot
+        be applied here raises ``FAILED_PRECONDITION``; the events before it stay applied, it and
+        the later ones are read again on the next call."""
+        if not self.journal.read_only:
+            return self.version
+        with self.lock.write():
+            new = self.journal.read_new()
+            undone = {i for e in new if e.op == "rollback" for i in e.record["edit_ids"]}
+            try:
+                for entry in new:
+                    if entry.op == "edit":
+                        if entry.edit_id not in undone:
+                            try:
+                                self._apply(entry.edit_id, self._load_delta(entry))
+                            except ValueError as err:
+                                raise ServeError(
+                                    "FAILED_PRECONDITION",
+                                    f"edit {entry.edit_id} (version {entry.seq}) cannot be applied on "
+                                    f"this replica: {err}",
+                                ) from err
+                        self._index_edit(entry)
+                    else:
+                        active = [i for i in entry.record["edit_ids"] if i in self.weights.active]
+                        if active:
+                            self.weights.rollback(active)
+                        self._mark_rolled_back(entry)
+                    self.journal.adopt(entry)
+            finally:
+                self._memory = KeyMemory.of(self.weights.active.values(), self._base_memory.preserved)
+        return self.version
 
     # ------------------------------------------------------------ queries
     def _info(self, entry: JournalEntry) -> EditInfo:

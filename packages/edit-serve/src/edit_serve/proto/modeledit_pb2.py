@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodeledit/v1/modeledit.proto\x12\x0cmodeledit.v1\"\x83\x02\n\x0b\x45\x64itRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x11\n\trephrases\x18\x03 \x03(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12=\n\nprovenance\x18\x05 \x03(\x0b\x32).modeledit.v1.EditRequest.ProvenanceEntry\x12%\n\x05\x65\x64its\x18\x06 \x03(\x0b\x32\x16.modeledit.v1.EditItem\x12\x0f\n\x07subject\x18\x07 \x01(\t\x1a\x31\n\x0fProvenanceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x08\x45\x64itItem\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x11\n\trephrases\x18\x03 \x03(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\"M\n\x0e\x45\x64itItemResult\x12\x1d\n\x15target_logprob_before\x18\x01 \x01(\x01\x12\x1c\n\x14target_logprob_after\x18\x02 \x01(\x01\"\xbd\x01\n\tEditReply\x12\x0f\n\x07\x65\x64it_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x1d\n\x15target_logprob_before\x18\x04 \x01(\x01\x12\x1c\n\x14target_logprob_after\x18\x05 \x01(\x01\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12+\n\x05items\x18\x07 \x03(\x0b\x32\x1c.modeledit.v1.EditItemResult\"\x87\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x07\n\x05_seed\"\x1f\n\x0f\x43lassifyRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"6\n\x10LabelProbability\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"f\n\rClassifyReply\x12\r\n\x05label\x18\x01 \x01(\t\x12\x35\n\rprobabilities\x18\x02 \x03(\x0b\x32\x1e.modeledit.v1.LabelProbability\x12\x0f\n\x07version\x18\x03 \x01(\x04\"B\n\rGenerateReply\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\x04\"P\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x12\n\nnum_tokens\x18\x04 \x01(\r\"B\n\x0fRollbackRequest\x12\x11\n\x07\x65\x64it_id\x18\x01 \x01(\tH\x00\x12\x14\n\nto_version\x18\x02 \x01(\x04H\x00\x42\x06\n\x04what\"5\n\rRollbackReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x13\n\x0brolled_back\x18\x02 \x03(\t\"/\n\x10ListEditsRequest\x12\x1b\n\x13include_rolled_back\x18\x01 \x01(\x08\"7\n\x0eListEditsReply\x12%\n\x05\x65\x64its\x18\x01 \x03(\x0b\x32\x16.modeledit.v1.EditInfo\"!\n\x0eGetEditRequest\x12\x0f\n\x07\x65\x64it_id\x18\x01 \x01(\t\"\xef\x02\n\x08\x45\x64itInfo\x12\x0f\n\x07\x65\x64it_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.modeledit.v1.EditStatus\x12:\n\nprovenance\x18\x05 \x03(\x0b\x32&.modeledit.v1.EditInfo.ProvenanceEntry\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x16\n\x0erolled_back_at\x18\x07 \x01(\t\x12\x1a\n\x12\x61pplied_at_version\x18\x08 \x01(\x04\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x11\n\trephrases\x18\n \x03(\t\x12%\n\x05items\x18\x0b \x03(\x0b\x32\x16.modeledit.v1.EditItem\x1a\x31\n\x0fProvenanceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\rHealthRequest\x12\x16\n\x0eweights_digest\x18\x01 \x01(\x08\"{\n\x0bHealthReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x14\n\x0c\x61\x63tive_edits\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x06 \x01(\t*^\n\nEditStatus\x12\x1b\n\x17\x45\x44IT_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45\x44IT_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17\x45\x44IT_STATUS_ROLLED_BACK\x10\x02\x32\xc4\x04\n\x10ModelEditService\x12:\n\x04\x45\x64it\x12\x19.modeledit.v1.EditRequest\x1a\x17.modeledit.v1.EditReply\x12\x46\n\x08Generate\x12\x1d.modeledit.v1.GenerateRequest\x1a\x1b.modeledit.v1.GenerateReply\x12N\n\x0eGenerateStream\x12\x1d.modeledit.v1.GenerateRequest\x1a\x1b.modeledit.v1.GenerateChunk0\x01\x12\x46\n\x08\x43lassify\x12\x1d.modeledit.v1.ClassifyRequest\x1a\x1b.modeledit.v1.ClassifyReply\x12\x46\n\x08Rollback\x12\x1d.modeledit.v1.RollbackRequest\x1a\x1b.modeledit.v1.RollbackReply\x12I\n\tListEdits\x12\x1e.modeledit.v1.ListEditsRequest\x1a\x1c.modeledit.v1.ListEditsReply\x12?\n\x07GetEdit\x12\x1c.modeledit.v1.GetEditRequest\x1a\x16.modeledit.v1.EditInfo\x12@\n\x06Health\x12\x1b.modeledit.v1.HealthRequest\x1a\x19.modeledit.v1.HealthReplyBG\n\x10\x64\x65v.modeledit.v1P\x01Z1example.com/modeledit/gen/modeleditv1;modeleditv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodeledit/v1/modeledit.proto\x12\x0cmodeledit.v1\"\x83\x02\n\x0b\x45\x64itRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x11\n\trephrases\x18\x03 \x03(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12=\n\nprovenance\x18\x05 \x03(\x0b\x32).modeledit.v1.EditRequest.ProvenanceEntry\x12%\n\x05\x65\x64its\x18\x06 \x03(\x0b\x32\x16.modeledit.v1.EditItem\x12\x0f\n\x07subject\x18\x07 \x01(\t\x1a\x31\n\x0fProvenanceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x08\x45\x64itItem\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x11\n\trephrases\x18\x03 \x03(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\"M\n\x0e\x45\x64itItemResult\x12\x1d\n\x15target_logprob_before\x18\x01 \x01(\x01\x12\x1c\n\x14target_logprob_after\x18\x02 \x01(\x01\"\xcf\x01\n\tEditReply\x12\x0f\n\x07\x65\x64it_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x1d\n\x15target_logprob_before\x18\x04 \x01(\x01\x12\x1c\n\x14target_logprob_after\x18\x05 \x01(\x01\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12+\n\x05items\x18\x07 \x03(\x0b\x32\x1c.modeledit.v1.EditItemResult\x12\x10\n\x08replicas\x18\x08 \x01(\r\"\x9c\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x13\n\x0bmin_version\x18\x07 \x01(\x04\x42\x07\n\x05_seed\"4\n\x0f\x43lassifyRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0bmin_version\x18\x02 \x01(\x04\"6\n\x10LabelProbability\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"f\n\rClassifyReply\x12\r\n\x05label\x18\x01 \x01(\t\x12\x35\n\rprobabilities\x18\x02 \x03(\x0b\x32\x1e.modeledit.v1.LabelProbability\x12\x0f\n\x07version\x18\x03 \x01(\x04\"B\n\rGenerateReply\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\x04\"P\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x12\n\nnum_tokens\x18\x04 \x01(\r\"B\n\x0fRollbackRequest\x12\x11\n\x07\x65\x64it_id\x18\x01 \x01(\tH\x00\x12\x14\n\nto_version\x18\x02 \x01(\x04H\x00\x42\x06\n\x04what\"G\n\rRollbackReply\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x13\n\x0brolled_back\x18\x02 \x03(\t\x12\x10\n\x08replicas\x18\x03 \x01(\r\"/\n\x10ListEditsRequest\x12\x1b\n\x13include_rolled_back\x18\x01 \x01(\x08\"7\n\x0eListEditsReply\x12%\n\x05\x65\x64its\x18\x01 \x03(\x0b\x32\x16.modeledit.v1.EditInfo\"!\n\x0eGetEditRequest\x12\x0f\n\x07\x65\x64it_id\x18\x01 \x01(\t\"\xef\x02\n\x08\x45\x64itInfo\x12\x0f\n\x07\x65\x64it_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.modeledit.v1.EditStatus\x12:\n\nprovenance\x18\x05 \x03(\x0b\x32&.modeledit.v1.EditInfo.ProvenanceEntry\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x16\n\x0erolled_back_at\x18\x07 \x01(\t\x12\x1a\n\x12\x61pplied_at_version\x18\x08 \x01(\x04\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x11\n\trephrases\x18\n \x03(\t\x12%\n\x05items\x18\x0b \x03(\x0b\x32\x16.modeledit.v1.EditItem\x1a\x31\n\x0fProvenanceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\rHealthRequest\x12\x16\n\x0eweights_digest\x18\x01 \x01(\x08\"\x8d\x01\n\x0bHealthReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x14\n\x0c\x61\x63tive_edits\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x06 \x01(\t\x12\x10\n\x08replicas\x18\x07 \x01(\r*^\n\nEditStatus\x12\x1b\n\x17\x45\x44IT_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45\x44IT_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17\x45\x44IT_STATUS_ROLLED_BACK\x10\x02\x32\xc4\x04\n\x10ModelEditService\x12:\n\x04\x45\x64it\x12\x19.modeledit.v1.EditRequest\x1a\x17.modeledit.v1.EditReply\x12\x46\n\x08Generate\x12\x1d.modeledit.v1.GenerateRequest\x1a\x1b.modeledit.v1.GenerateReply\x12N\n\x0eGenerateStream\x12\x1d.modeledit.v1.GenerateRequest\x1a\x1b.modeledit.v1.GenerateChunk0\x01\x12\x46\n\x08\x43lassify\x12\x1d.modeledit.v1.ClassifyRequest\x1a\x1b.modeledit.v1.ClassifyReply\x12\x46\n\x08Rollback\x12\x1d.modeledit.v1.RollbackRequest\x1a\x1b.modeledit.v1.RollbackReply\x12I\n\tListEdits\x12\x1e.modeledit.v1.ListEditsRequest\x1a\x1c.modeledit.v1.ListEditsReply\x12?\n\x07GetEdit\x12\x1c.modeledit.v1.GetEditRequest\x1a\x16.modeledit.v1.EditInfo\x12@\n\x06Health\x12\x1b.modeledit.v1.HealthRequest\x1a\x19.modeledit.v1.HealthReplyBG\n\x10\x64\x65v.modeledit.v1P\x01Z1example.com/modeledit/gen/modeleditv1;modeleditv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EDITREQUEST_PROVENANCEENTRY']._serialized_options = b'8\001'
   _globals['_EDITINFO_PROVENANCEENTRY']._loaded_options = None
   _globals['_EDITINFO_PROVENANCEENTRY']._serialized_options = b'8\001'
-  _globals['_EDITSTATUS']._serialized_start=1940
-  _globals['_EDITSTATUS']._serialized_end=2034
+  _globals['_EDITSTATUS']._serialized_start=2037
+  _globals['_EDITSTATUS']._serialized_end=2131
   _globals['_EDITREQUEST']._serialized_start=47
   _globals['_EDITREQUEST']._serialized_end=306
   _globals['_EDITREQUEST_PROVENANCEENTRY']._serialized_start=257
@@ -47,37 +47,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EDITITEMRESULT']._serialized_start=388
   _globals['_EDITITEMRESULT']._serialized_end=465
   _globals['_EDITREPLY']._serialized_start=468
-  _globals['_EDITREPLY']._serialized_end=657
-  _globals['_GENERATEREQUEST']._serialized_start=660
-  _globals['_GENERATEREQUEST']._serialized_end=795
-  _globals['_CLASSIFYREQUEST']._serialized_start=797
-  _globals['_CLASSIFYREQUEST']._serialized_end=828
-  _globals['_LABELPROBABILITY']._serialized_start=830
-  _globals['_LABELPROBABILITY']._serialized_end=884
-  _globals['_CLASSIFYREPLY']._serialized_start=886
-  _globals['_CLASSIFYREPLY']._serialized_end=988
-  _globals['_GENERATEREPLY']._serialized_start=990
-  _globals['_GENERATEREPLY']._serialized_end=1056
-  _globals['_GENERATECHUNK']._serialized_start=1058
-  _globals['_GENERATECHUNK']._serialized_end=1138
-  _globals['_ROLLBACKREQUEST']._serialized_start=1140
-  _globals['_ROLLBACKREQUEST']._serialized_end=1206
-  _globals['_ROLLBACKREPLY']._serialized_start=1208
-  _globals['_ROLLBACKREPLY']._serialized_end=1261
-  _globals['_LISTEDITSREQUEST']._serialized_start=1263
-  _globals['_LISTEDITSREQUEST']._serialized_end=1310
-  _globals['_LISTEDITSREPLY']._serialized_start=1312
-  _globals['_LISTEDITSREPLY']._serialized_end=1367
-  _globals['_GETEDITREQUEST']._serialized_start=1369
-  _globals['_GETEDITREQUEST']._serialized_end=1402
-  _globals['_EDITINFO']._serialized_start=1405
-  _globals['_EDITINFO']._serialized_end=1772
+  _globals['_EDITREPLY']._serialized_end=675
+  _globals['_GENERATEREQUEST']._serialized_start=678
+  _globals['_GENERATEREQUEST']._serialized_end=834
+  _globals['_CLASSIFYREQUEST']._serialized_start=836
+  _globals['_CLASSIFYREQUEST']._serialized_end=888
+  _globals['_LABELPROBABILITY']._serialized_start=890
+  _globals['_LABELPROBABILITY']._serialized_end=944
+  _globals['_CLASSIFYREPLY']._serialized_start=946
+  _globals['_CLASSIFYREPLY']._serialized_end=1048
+  _globals['_GENERATEREPLY']._serialized_start=1050
+  _globals['_GENERATEREPLY']._serialized_end=1116
+  _globals['_GENERATECHUNK']._serialized_start=1118
+  _globals['_GENERATECHUNK']._serialized_end=1198
+  _globals['_ROLLBACKREQUEST']._serialized_start=1200
+  _globals['_ROLLBACKREQUEST']._serialized_end=1266
+  _globals['_ROLLBACKREPLY']._serialized_start=1268
+  _globals['_ROLLBACKREPLY']._serialized_end=1339
+  _globals['_LISTEDITSREQUEST']._serialized_start=1341
+  _globals['_LISTEDITSREQUEST']._serialized_end=1388
+  _globals['_LISTEDITSREPLY']._serialized_start=1390
+  _globals['_LISTEDITSREPLY']._serialized_end=1445
+  _globals['_GETEDITREQUEST']._serialized_start=1447
+  _globals['_GETEDITREQUEST']._serialized_end=1480
+  _globals['_EDITINFO']._serialized_start=1483
+  _globals['_EDITINFO']._serialized_end=1850
   _globals['_EDITINFO_PROVENANCEENTRY']._serialized_start=257
   _globals['_EDITINFO_PROVENANCEENTRY']._serialized_end=306
-  _globals['_HEALTHREQUEST']._serialized_start=1774
-  _globals['_HEALTHREQUEST']._serialized_end=1813
-  _globals['_HEALTHREPLY']._serialized_start=1815
-  _globals['_HEALTHREPLY']._serialized_end=1938
-  _globals['_MODELEDITSERVICE']._serialized_start=2037
-  _globals['_MODELEDITSERVICE']._serialized_end=2617
+  _globals['_HEALTHREQUEST']._serialized_start=1852
+  _globals['_HEALTHREQUEST']._serialized_end=1891
+  _globals['_HEALTHREPLY']._serialized_start=1894
+  _globals['_HEALTHREPLY']._serialized_end=2035
+  _globals['_MODELEDITSERVICE']._serialized_start=2134
+  _globals['_MODELEDITSERVICE']._serialized_end=2714
 # @@protoc_insertion_point(module_scope)

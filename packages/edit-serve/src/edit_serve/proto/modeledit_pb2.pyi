@@ -62,7 +62,7 @@ class EditItemResult(_message.Message):
     def __init__(self, target_logprob_before: _Optional[float] = ..., target_logprob_after: _Optional[float] = ...) -> None: ...
 
 class EditReply(_message.Message):
-    __slots__ = ("edit_id", "version", "latency_ms", "target_logprob_before", "target_logprob_after", "replayed", "items")
+    __slots__ = ("edit_id", "version", "latency_ms", "target_logprob_before", "target_logprob_after", "replayed", "items", "replicas")
     EDIT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class EditReply(_message.Message):
     TARGET_LOGPROB_AFTER_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     edit_id: str
     version: int
     latency_ms: float
@@ -77,29 +78,34 @@ class EditReply(_message.Message):
     target_logprob_after: float
     replayed: bool
     items: _containers.RepeatedCompositeFieldContainer[EditItemResult]
-    def __init__(self, edit_id: _Optional[str] = ..., version: _Optional[int] = ..., latency_ms: _Optional[float] = ..., target_logprob_before: _Optional[float] = ..., target_logprob_after: _Optional[float] = ..., replayed: _Optional[bool] = ..., items: _Optional[_Iterable[_Union[EditItemResult, _Mapping]]] = ...) -> None: ...
+    replicas: int
+    def __init__(self, edit_id: _Optional[str] = ..., version: _Optional[int] = ..., latency_ms: _Optional[float] = ..., target_logprob_before: _Optional[float] = ..., target_logprob_after: _Optional[float] = ..., replayed: _Optional[bool] = ..., items: _Optional[_Iterable[_Union[EditItemResult, _Mapping]]] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "max_new_tokens", "temperature", "top_p", "seed", "stop")
+    __slots__ = ("prompt", "max_new_tokens", "temperature", "top_p", "seed", "stop", "min_version")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     max_new_tokens: int
     temperature: float
     top_p: float
     seed: int
     stop: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, prompt: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
+    min_version: int
+    def __init__(self, prompt: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("text",)
+    __slots__ = ("text", "min_version")
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     text: str
-    def __init__(self, text: _Optional[str] = ...) -> None: ...
+    min_version: int
+    def __init__(self, text: _Optional[str] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class LabelProbability(_message.Message):
     __slots__ = ("label", "probability")
@@ -150,12 +156,14 @@ class RollbackRequest(_message.Message):
     def __init__(self, edit_id: _Optional[str] = ..., to_version: _Optional[int] = ...) -> None: ...
 
 class RollbackReply(_message.Message):
-    __slots__ = ("version", "rolled_back")
+    __slots__ = ("version", "rolled_back", "replicas")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROLLED_BACK_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     version: int
     rolled_back: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., rolled_back: _Optional[_Iterable[str]] = ...) -> None: ...
+    replicas: int
+    def __init__(self, version: _Optional[int] = ..., rolled_back: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class ListEditsRequest(_message.Message):
     __slots__ = ("include_rolled_back",)
@@ -215,17 +223,19 @@ class HealthRequest(_message.Message):
     def __init__(self, weights_digest: _Optional[bool] = ...) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("status", "version", "active_edits", "model", "device", "weights_sha256")
+    __slots__ = ("status", "version", "active_edits", "model", "device", "weights_sha256", "replicas")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_EDITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     status: str
     version: int
     active_edits: int
     model: str
     device: str
     weights_sha256: str
-    def __init__(self, status: _Optional[str] = ..., version: _Optional[int] = ..., active_edits: _Optional[int] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., weights_sha256: _Optional[str] = ...) -> None: ...
+    replicas: int
+    def __init__(self, status: _Optional[str] = ..., version: _Optional[int] = ..., active_edits: _Optional[int] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
