@@ -20,12 +20,18 @@ other processes on the machine hits each alike:
    with the server idle, then while 8 clients stream ``GenerateStream`` calls without pause (an
    Edit lands between two decode steps). Ratio: under load over idle (bar: p99 <= 3x). Every edit
    is rolled back afterwards (the journal is a temporary folder anyway).
+4. ``replicas``: a second sidecar with ``--replicas 2`` (``--replica-edits`` edits, idle). An Edit's
+   reply is sent once both replicas serve it, so its client wall time is the time from Edit to
+   both replicas serving it; compared with the one-replica idle Edit above (ratio). Right after
+   each reply, two Generates without ``min_version`` (the front alternates replicas) must both
+   come from the new version (stale reads counted), and the final Health digest must agree.
 
 Every loop is bounded (request counts below); the server binds 127.0.0.1 only. Torch uses one
 thread in this process and in the replica (the machine is shared); set ``--threads`` to change.
 
     python bench/serve_load.py [--requests 48] [--rounds 3] [--new-tokens 32] [--edits 20] [--idle-edits 10]
-                               [--client-counts 1,2,4,8,16] [--clients 8] [--out bench/results]
+                               [--client-counts 1,2,4,8,16] [--clients 8] [--replica-edits 10]
+                               [--out bench/results]
 
 Writes ``<out>/serve_load.json`` and ``<out>/serve_load.png``.
 """
@@ -221,13 +227,15 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(cpu.get(p, 0.0) for p in tree)
 
 
-def start_sidecar(assets: Assets, journal: Path, port: int, log: Path, max_new: int) -> subprocess.Popen:
+def start_sidecar(
+    assets: Assets, journal: Path, port: int, log: Path, max_new: int, replicas: int = 1
+) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [
         sys.executable, "-m", "edit_serve",
         "--model", str(assets.model_dir), "--editor", str(assets.editor_dir), "--journal", str(journal),
         "--host", "127.0.0.1", "--port", str(port), "--token", TOKEN,
-        "--max-new-tokens", str(max(max_new, 32)), "--ray-num-gpus", "0",
+        "--max-new-tokens", str(max(max_new, 32)), "--ray-num-gpus", "0", "--replicas", str(replicas),
     ]  # fmt: skip
     return subprocess.Popen(
         cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -358,6 +366,51 @@ def bench_edits(
     }
 
 
+# ---------------------------------------------------------------- 4. two replicas
+def bench_replicas(
+    assets: Assets, scratch: Path, pairs, prompt: str, new_tokens: int, one_replica: dict
+) -> dict:
+    """A ``--replicas 2`` sidecar: Edit until both replicas serve it, stale reads right after."""
+    from tqdm import tqdm
+
+    from edit_serve import EditClient, SamplingParams
+
+    port = free_port()
+    address, log = f"127.0.0.1:{port}", scratch / "edit-serve-replicas.log"
+    t0 = time.perf_counter()
+    proc = start_sidecar(assets, scratch / "journal-replicas", port, log, new_tokens, replicas=2)
+    try:
+        wait_ready(proc, address, log)
+        startup_s = time.perf_counter() - t0
+        sampling = SamplingParams(max_new_tokens=4)
+        with EditClient(address, token=TOKEN, timeout=600.0) as c:
+            c.rollback(to_version=c.edit(*pairs[0]).version)  # warm-up, not measured
+            wall, held, stale, reads = [], [], 0, 0
+            for p, t in tqdm(pairs[1:], desc="Edit, 2 replicas", unit="edit"):
+                start = time.perf_counter()
+                r = c.edit(p, t, provenance={"who": "bench/serve_load.py"})
+                wall.append((time.perf_counter() - start) * 1000.0)
+                held.append(r.replicas)
+                for _ in range(2):  # the front alternates replicas
+                    reads += 1
+                    stale += c.generate(prompt, sampling).version < r.version
+            health = c.health(weights_digest=True)
+    finally:
+        stop_sidecar(proc)
+    st = summary(wall)
+    return {
+        "startup_s": startup_s,
+        "edit_until_both_serve": st,
+        "replicas_holding_each_edit": held,
+        "stale_reads_right_after_ack": stale,
+        "reads_right_after_ack": reads,
+        "final_health": {"status": health.status, "replicas": health.replicas, "version": health.version},
+        "p50_ratio_over_one_replica": st["p50_ms"] / one_replica["p50_ms"],
+        "p99_ratio_over_one_replica": st["p99_ms"] / one_replica["p99_ms"],
+        "samples_ms": wall,
+    }
+
+
 # ---------------------------------------------------------------- plot
 def plot(result: dict, path: Path) -> None:
     import matplotlib
@@ -367,7 +420,7 @@ def plot(result: dict, path: Path) -> None:
 
     g = result["generate"]
     e = result["edit"]
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, (ax1, ax2, ax3, ax4) = plt.subplots(1, 4, figsize=(20, 4.5))
     counts = result["settings"]["client_counts"]
     for mode, label in [("in_process", "in-process EditService"), ("grpc", "gRPC sidecar")]:
         ys = [g[mode][str(n)]["tokens_per_s"] for n in counts]
@@ -405,6 +458,20 @@ def plot(result: dict, path: Path) -> None:
     ax3.set_ylabel("fraction of edits")
     ax3.set_title("Edit latency CDF")
     ax3.legend()
+
+    r = result["replicas"]
+    bars = {"1 replica (idle)": e["idle"]["wall"], "2 replicas, until both serve": r["edit_until_both_serve"]}
+    for i, (label, st) in enumerate(bars.items()):
+        b = ax4.bar([xi + (i - 0.5) * w for xi in x], [st["p50_ms"], st["p99_ms"]], w, label=label)
+        ax4.bar_label(b, labels=[f"{st['p50_ms']:.0f}", f"{st['p99_ms']:.0f}"])
+    ax4.set_xticks(list(x), ["p50", "p99"])
+    ax4.set_ylabel("Edit latency, client wall (ms)")
+    ax4.set_title(
+        f"2 replicas: p50 {r['p50_ratio_over_one_replica']:.2f}x one replica; stale reads after ack "
+        f"{r['stale_reads_right_after_ack']}/{r['reads_right_after_ack']}",
+        fontsize=9,
+    )
+    ax4.legend(fontsize=8)
     fig.suptitle(
         f"edit-serve on loopback: {result['model']['source']}  ({result['machine']['processor']}, "
         f"{result['machine']['cpu_count']} CPUs, torch {result['machine']['torch']})",
@@ -427,6 +494,7 @@ def main() -> None:
     ap.add_argument("--max-streams", type=int, default=500, help="bound on streams per load client")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved Generate rounds (median reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (here and in the replica)")
+    ap.add_argument("--replica-edits", type=int, default=10, help="edits measured with --replicas 2")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args()
     args.client_counts = sorted({int(n) for n in args.client_counts.split(",")} | {1, 8})
@@ -444,7 +512,7 @@ def main() -> None:
         print(f"[serve_load] model: {assets.source}: {assets.model_dir} (editor {assets.editor_dir})")
         pairs = assets.pairs
         prompts = [pairs[i % len(pairs)][0] for i in range(args.requests)]
-        n_edit = args.idle_edits + args.edits
+        n_edit = args.idle_edits + args.edits + args.replica_edits + 1
         edit_pairs = [pairs[(len(pairs) - 1 - i) % len(pairs)] for i in range(n_edit)]
 
         service, device = in_process_service(assets, scratch / "in-process-journal")
@@ -476,7 +544,7 @@ def main() -> None:
             edits = bench_edits(
                 address,
                 edit_pairs[: args.idle_edits],
-                edit_pairs[args.idle_edits :],
+                edit_pairs[args.idle_edits : args.idle_edits + args.edits],
                 prompts,
                 args.new_tokens,
                 args.clients,
@@ -485,6 +553,14 @@ def main() -> None:
         finally:
             stop_sidecar(proc)
             service.close()
+        replicas = bench_replicas(
+            assets,
+            scratch,
+            edit_pairs[args.idle_edits + args.edits :],
+            prompts[0],
+            args.new_tokens,
+            edits["idle"]["wall"],
+        )
 
     tps = {mode: {n: m["tokens_per_s"] for n, m in by.items()} for mode, by in medians.items()}
     identical = {
@@ -506,6 +582,7 @@ def main() -> None:
             "greedy_texts_identical_to_in_process": identical,
         },
         "edit": edits,
+        "replicas": replicas,
     }
     (args.out / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.out / "serve_load.png")
@@ -546,6 +623,17 @@ def main() -> None:
     print(
         f"  ratio under load / idle: p50 {e['p50_ratio_load_over_idle']:.2f}x  p99 {e['p99_ratio_load_over_idle']:.2f}x"
         f" (bar p99 <= 3x; {e['under_load']['streams_completed']} streams completed during the edits)"
+    )
+    rw = replicas["edit_until_both_serve"]
+    print(
+        f"2 replicas: Edit until both serve it p50 {rw['p50_ms']:.1f} ms  p99 {rw['p99_ms']:.1f} ms (n={rw['n']}); "
+        f"over 1 replica idle: p50 {replicas['p50_ratio_over_one_replica']:.2f}x  "
+        f"p99 {replicas['p99_ratio_over_one_replica']:.2f}x"
+    )
+    print(
+        f"  stale reads right after an acknowledged edit: {replicas['stale_reads_right_after_ack']}"
+        f"/{replicas['reads_right_after_ack']}; replicas holding each edit: {sorted(set(replicas['replicas_holding_each_edit']))}; "
+        f"final Health {replicas['final_health']}"
     )
     print(f"wrote {args.out / 'serve_load.json'} and {args.out / 'serve_load.png'}")
 
