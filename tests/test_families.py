@@ -82,7 +82,7 @@ def test_edit_train_writes_editors_and_a_report_naming_the_model(family_run) -> 
     assert report["model"]["kind"] == ("seq2seq" if family_run.name in ("t5", "bart") else "causal")
     assert report["model"]["base_model"] == str(family_run.model_dir)
     located = ["ROME", "MEMIT", "AlphaEdit", "KN", "GRACE", "EditCache"]
-    trained_and_ft = ["LifelongMEND", "MEND", "Ridge", "FT", "FT+KL"]
+    trained_and_ft = ["LifelongMEND", "MEND", "KE", "Ridge", "FT", "FT+KL"]
     if report["model"]["kind"] == "causal":
         assert list(report["methods"]) == trained_and_ft + located and report["skipped_editors"] == {}
     else:  # the locate-then-edit editors need a causal LM: left out, and the report says why

@@ -33,6 +33,7 @@ def test_quick_main_job_writes_everything(quick_run):
     assert list(report["methods"]) == [
         "LifelongMEND",
         "MEND",
+        "KE",
         "Ridge",
         "FT",
         "FT+KL",

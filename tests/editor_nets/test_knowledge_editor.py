@@ -36,3 +36,27 @@ def test_a_trained_knowledge_editor_moves_held_out_edits_to_their_targets() -> N
     assert not changed(model, base)
     assert sum(nll) / len(nll) < float(before.mean_nll.mean()) - 0.3
     assert hits >= 3, f"{hits} of {len(records)} held-out KE edits hit their target"
+
+
+def test_a_saved_knowledge_editor_loads_to_the_same_edits(tmp_path) -> None:
+    import json
+
+    import torch
+
+    from editor_nets.knowledge_editor import KnowledgeEditor
+
+    model, tok, world = world_gpt2(0)
+    editor, _ = train_knowledge_editor(model, tok, world.records[:8], KnowledgeEditorConfig(hidden=16, steps=3),
+                                       progress=False)  # fmt: skip
+    editor.save_pretrained(tmp_path / "ke")
+    loaded = KnowledgeEditor.from_pretrained(tmp_path / "ke", model)
+    a, b = (e.compute_delta(model, tok, world.records[10:11]) for e in (editor, loaded))
+    assert a.layers.keys() == b.layers.keys()
+    for name in a.layers:
+        assert torch.equal(a.layers[name].u, b.layers[name].u)
+        assert torch.equal(a.layers[name].delta, b.layers[name].delta)
+        assert a.layers[name].alpha == b.layers[name].alpha
+    cfg = tmp_path / "ke" / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "editor": "MEND"}))
+    with pytest.raises(ValueError, match="not a KnowledgeEditor checkpoint"):
+        KnowledgeEditor.from_pretrained(tmp_path / "ke", model)

@@ -315,6 +315,7 @@ def _memory(name: str, setup: EditorSetup) -> Editor:
 EDITORS: dict[str, Callable[[EditorSetup], Editor]] = {
     "MEND": _trained("MEND"),
     "LifelongMEND": _trained("LifelongMEND"),
+    "KE": _trained("KE"),
     "Ridge": _ridge,
     "FT": lambda s: FTEditor(targets=s.targets, lr=s.ft_lr, max_steps=s.ft_max_steps),
     "FT+KL": lambda s: FTKLEditor(

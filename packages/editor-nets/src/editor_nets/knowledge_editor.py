@@ -17,12 +17,15 @@ trains it with the edit NLL on the prompt and its rephrasings plus a KL term on 
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -57,6 +60,7 @@ class KnowledgeEditor(nn.Module):
     def __init__(self, model: nn.Module, targets: Sequence[str] | None = None, hidden: int = 64) -> None:
         super().__init__()
         self.targets = list(targets or default_targets(model))
+        self.hidden = hidden
         d_emb = model.get_input_embeddings().weight.shape[1]
         self.lstm = nn.LSTM(d_emb, hidden, batch_first=True, bidirectional=True)
         self.heads = nn.ModuleList()
@@ -96,7 +100,10 @@ class KnowledgeEditor(nn.Module):
             )  # fmt: skip
         return EditDelta(layers, {"editor": self.name})
 
-    def compute_delta(self, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> EditDelta:
+    def compute_delta(
+        self, model: nn.Module, tokenizer: Any, records: Sequence[Any], memory: Any = None
+    ) -> EditDelta:
+        """One edit of ``records`` (``memory``, the least-squares editors' argument, is not used)."""
         kind = model_kind(model)
         batch = edit_batch(
             model, tokenizer, [r.prompt for r in records], [r.target for r in records], kind=kind
@@ -109,6 +116,38 @@ class KnowledgeEditor(nn.Module):
 
     def edit(self, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> WeightSnapshot:
         return apply_delta(model, self.compute_delta(model, tokenizer, records))
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write ``config.json`` (``{"editor": "KE", "targets", "hidden"}``) and ``editor.safetensors``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {"editor": self.name, "targets": self.targets, "hidden": self.hidden}
+        (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+            str(path / "editor.safetensors"),
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, model: nn.Module) -> KnowledgeEditor:
+        """Load a directory written by ``save_pretrained`` for ``model`` (``ValueError`` naming the
+        file when it is not a KE checkpoint or does not fit the model's shapes)."""
+        path = Path(path)
+        cfg_file, weights = path / "config.json", path / "editor.safetensors"
+        for f in (cfg_file, weights):
+            if not f.is_file():
+                raise FileNotFoundError(
+                    f"{f} not found: a KE checkpoint has config.json and editor.safetensors"
+                )
+        raw = json.loads(cfg_file.read_text())
+        if not isinstance(raw, dict) or raw.get("editor") != cls.name:
+            raise ValueError(f"{cfg_file}: not a KnowledgeEditor checkpoint (editor={raw.get('editor')!r})")
+        editor = cls(model, raw["targets"], int(raw["hidden"]))
+        try:
+            editor.load_state_dict(load_file(str(weights)))
+        except RuntimeError as err:
+            raise ValueError(f"{weights} does not fit {type(model).__name__}: {err}") from err
+        return editor.eval()
 
 
 def train_knowledge_editor(

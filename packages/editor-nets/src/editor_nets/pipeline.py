@@ -23,6 +23,7 @@ from torch import nn
 from editor_nets.baselines import EditorSetup, applicable_editors, build_editors, preserved_texts
 from editor_nets.evaluate import evaluate_editors
 from editor_nets.factcheck import FinetuneConfig
+from editor_nets.knowledge_editor import KnowledgeEditor, KnowledgeEditorConfig, train_knowledge_editor
 from editor_nets.mend import MendConfig, MendEditor
 from editor_nets.models import model_info
 from editor_nets.pretrain import PretrainConfig, pretrain_causal_lm, qa_accuracy
@@ -88,6 +89,7 @@ class EvalConfig:
     editors: tuple[str, ...] = (
         "LifelongMEND",
         "MEND",
+        "KE",
         "Ridge",
         "FT",
         "FT+KL",
@@ -160,6 +162,7 @@ class JobConfig:
     meta: MetaTrainConfig = field(default_factory=lambda: MetaTrainConfig(**DEFAULT_META))
     lifelong: MendConfig = field(default_factory=lambda: MendConfig(**DEFAULT_LIFELONG))
     lifelong_meta: MetaTrainConfig = field(default_factory=lambda: MetaTrainConfig(**DEFAULT_LIFELONG_META))
+    ke: KnowledgeEditorConfig = field(default_factory=KnowledgeEditorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # the fact-checking preset only
 
@@ -179,6 +182,7 @@ def quick_config(base: JobConfig | None = None) -> JobConfig:
         lifelong_meta=MetaTrainConfig(
             steps=6, grad_accum=1, val_every=3, val_edits=4, patience=5, sequence_length=3
         ),
+        ke=KnowledgeEditorConfig(hidden=16, steps=4, batch_size=2),
         eval=EvalConfig(
             editors=base.eval.editors,
             modes=("single", "sequential"),
@@ -280,6 +284,34 @@ def _train_editor(
     return editor, summary
 
 
+def _train_ke(
+    model: nn.Module,
+    tokenizer,
+    splits: dict[str, list],
+    config: KnowledgeEditorConfig,
+    targets: list[str] | None,
+    out_dir: Path,
+    resume: bool,
+    say: Callable[[str], None],
+) -> tuple[KnowledgeEditor, dict]:
+    """Train KnowledgeEditor on the training edits (or, with ``resume``, load ``out_dir``'s) and save it."""
+    if resume and (out_dir / "config.json").is_file():
+        say(f"KE: resuming from {out_dir}")
+        return KnowledgeEditor.from_pretrained(out_dir, model), {"resumed": True}
+    start = time.perf_counter()
+    editor, log = train_knowledge_editor(model, tokenizer, splits["train"], config, targets=targets)
+    editor.save_pretrained(out_dir)
+    summary = {
+        "steps": len(log),
+        "seconds": time.perf_counter() - start,
+        "parameters": sum(p.numel() for p in editor.parameters()),
+        "first_step": log[0] if log else {},
+        "last_step": log[-1] if log else {},
+    }
+    say(f"KE: {summary['steps']} steps in {summary['seconds']:.0f}s, {summary['parameters']:,} parameters")
+    return editor, summary
+
+
 def run_job(
     model: nn.Module,
     tokenizer,
@@ -332,6 +364,11 @@ def run_job(
                 metrics,
                 say,
             )
+    if "KE" in config.eval.editors:  # on MEND's layers, so the two differ only in the editor
+        trained["KE"], summaries["KE"] = _train_ke(
+            model, tokenizer, splits, config.ke, trained["MEND"].targets if "MEND" in trained else None,
+            out / "ke", resume, say,
+        )  # fmt: skip
     setup = EditorSetup(
         targets=trained["MEND"].targets if "MEND" in trained else None, train_records=splits["train"],
         trained=trained, ft_lr=config.eval.ft_lr, ft_max_steps=config.eval.ft_max_steps, model=model,
