@@ -34,6 +34,7 @@ def test_quick_main_job_writes_everything(quick_run):
         "LifelongMEND",
         "MEND",
         "KE",
+        "ENN",
         "Ridge",
         "FT",
         "FT+KL",

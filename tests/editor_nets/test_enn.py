@@ -50,3 +50,12 @@ def test_an_editor_without_training_refuses() -> None:
     with pytest.raises(ValueError, match="enn_train"):
         EnnEditor().edit(model, tok, world.records[:1])
     assert not changed(model, before)
+
+
+def test_enn_trains_a_model_loaded_with_gradients_off_and_gives_the_flags_back() -> None:
+    model, tok, world = world_gpt2(0)
+    model.requires_grad_(False)  # as a model loaded for serving
+    before = param_state(model)
+    _, log = enn_train(model, tok, world.records[:4], EnnConfig(steps=1, batch_size=2), progress=False)
+    assert len(log) == 1 and changed(model, before)
+    assert not any(p.requires_grad for p in model.parameters())

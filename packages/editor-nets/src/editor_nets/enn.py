@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from editor_nets.models import default_targets, model_kind
 from editor_nets.scoring import answer_logits, edit_batch, kl_divergence, score_batch, target_nll
-from editor_nets.state import WeightSnapshot, eval_mode
+from editor_nets.state import WeightSnapshot, eval_mode, trainable
 
 __all__ = ["EnnConfig", "EnnEditor", "edited_weights", "enn_train"]
 
@@ -177,7 +177,7 @@ def enn_train(
     weights = {"base": config.c_base, "edit": config.c_edit, "loc": config.c_loc}
     # no dropout (the inner step must see the function it edits); SDPA's math kernel, the one whose
     # backward is itself differentiable (the meta-gradient differentiates the inner step's gradient)
-    with eval_mode(model), sdpa_kernel(SDPBackend.MATH):
+    with trainable(model), eval_mode(model), sdpa_kernel(SDPBackend.MATH):
         for step in tqdm(range(config.steps), desc="ENN training", unit="step", disable=not progress):
             opt.zero_grad(set_to_none=True)
             sums: dict[str, float] = {}

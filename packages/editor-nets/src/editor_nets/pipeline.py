@@ -7,6 +7,7 @@ Settings live in one nested ``JobConfig`` that a JSON or TOML file can override 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import random
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from editor_nets.baselines import EditorSetup, applicable_editors, build_editors, preserved_texts
+from editor_nets.enn import EnnConfig, EnnEditor, enn_train
 from editor_nets.evaluate import evaluate_editors
 from editor_nets.factcheck import FinetuneConfig
 from editor_nets.knowledge_editor import KnowledgeEditor, KnowledgeEditorConfig, train_knowledge_editor
@@ -90,6 +92,7 @@ class EvalConfig:
         "LifelongMEND",
         "MEND",
         "KE",
+        "ENN",
         "Ridge",
         "FT",
         "FT+KL",
@@ -163,6 +166,7 @@ class JobConfig:
     lifelong: MendConfig = field(default_factory=lambda: MendConfig(**DEFAULT_LIFELONG))
     lifelong_meta: MetaTrainConfig = field(default_factory=lambda: MetaTrainConfig(**DEFAULT_LIFELONG_META))
     ke: KnowledgeEditorConfig = field(default_factory=KnowledgeEditorConfig)
+    enn: EnnConfig = field(default_factory=EnnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # the fact-checking preset only
 
@@ -183,6 +187,7 @@ def quick_config(base: JobConfig | None = None) -> JobConfig:
             steps=6, grad_accum=1, val_every=3, val_edits=4, patience=5, sequence_length=3
         ),
         ke=KnowledgeEditorConfig(hidden=16, steps=4, batch_size=2),
+        enn=EnnConfig(steps=2, batch_size=2),
         eval=EvalConfig(
             editors=base.eval.editors,
             modes=("single", "sequential"),
@@ -312,6 +317,39 @@ def _train_ke(
     return editor, summary
 
 
+def _train_enn(
+    model: nn.Module,
+    tokenizer,
+    splits: dict[str, list],
+    config: EnnConfig,
+    targets: list[str] | None,
+    out_dir: Path,
+    say: Callable[[str], None],
+) -> tuple[nn.Module, EnnEditor, dict]:
+    """ENN trains the base model itself: a copy of ``model`` made editable (saved with its tokenizer
+    and the learned step sizes under ``out_dir``), its editor, and what training cost."""
+    from safetensors.torch import save_file
+
+    start = time.perf_counter()
+    enn_model = copy.deepcopy(model)
+    editor, log = enn_train(enn_model, tokenizer, splits["train"], config, targets=targets)
+    enn_model.save_pretrained(out_dir / "model")
+    tokenizer.save_pretrained(out_dir / "model")
+    save_file(
+        {k: v.reshape(1) for k, v in editor.log_step_sizes.items()},
+        str(out_dir / "log_step_sizes.safetensors"),
+    )
+    summary = {
+        "steps": len(log),
+        "seconds": time.perf_counter() - start,
+        "parameters": len(editor.log_step_sizes),  # the step sizes; ENN trains the whole model
+        "first_step": log[0] if log else {},
+        "last_step": log[-1] if log else {},
+    }
+    say(f"ENN: {summary['steps']} steps in {summary['seconds']:.0f}s (the model itself, saved to {out_dir})")
+    return enn_model, editor, summary
+
+
 def run_job(
     model: nn.Module,
     tokenizer,
@@ -378,11 +416,22 @@ def run_job(
     names, skipped = applicable_editors(config.eval.editors, model)
     for name, why in skipped.items():
         say(f"{name} left out: {why}")
-    results = evaluate_editors(
-        model, tokenizer, build_editors(names, setup), test, modes=config.eval.modes,
-        batch_size=config.eval.batch_size, n_sequential=config.eval.n_sequential,
+    settings = dict(
+        modes=config.eval.modes, batch_size=config.eval.batch_size, n_sequential=config.eval.n_sequential,
         lifelong_checkpoints=config.eval.lifelong_checkpoints, lifelong_batches=config.eval.lifelong_batches,
     )  # fmt: skip
+    on_base = [n for n in names if n != "ENN"]
+    results = evaluate_editors(model, tokenizer, build_editors(on_base, setup), test, **settings)
+    if "ENN" in names:  # edits, and is scored against, its own trained copy of the model
+        enn_model, enn, summaries["ENN"] = _train_enn(
+            model, tokenizer, splits, config.enn, setup.targets, out / "enn", say
+        )
+        enn_results = evaluate_editors(enn_model, tokenizer, {"ENN": enn}, test, **settings)
+        scored = {
+            **results["methods"],
+            "ENN": {**enn_results["methods"]["ENN"], "pre_edit": enn_results["pre_edit"]},
+        }
+        results["methods"] = {n: scored[n] for n in names}
     results.update(
         model=model_info(model, base_model), meta_train=summaries, skipped_editors=skipped, **(extra or {}),
         machine=machine_info(),

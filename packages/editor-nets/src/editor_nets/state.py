@@ -15,12 +15,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["WeightSnapshot", "eval_mode", "frozen", "restore_weights", "restoring", "weights_digest"]
+__all__ = [
+    "WeightSnapshot",
+    "eval_mode",
+    "frozen",
+    "restore_weights",
+    "restoring",
+    "trainable",
+    "weights_digest",
+]
 
 WeightSnapshot = dict[str, Tensor]
 """Parameter name -> clone of its value before the edit(s)."""
@@ -57,16 +65,26 @@ def restoring(model: nn.Module) -> Iterator[Callable[[WeightSnapshot], None]]:
 
 
 @contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """No parameter of ``model`` requires grad inside the block; the flags come back on exit."""
+def _requires_grad(model: nn.Module, flag: bool) -> Iterator[nn.Module]:
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for p, _ in flags:
-            p.requires_grad_(False)
+            p.requires_grad_(flag)
         yield model
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        for p, old in flags:
+            p.requires_grad_(old)
+
+
+def frozen(model: nn.Module) -> AbstractContextManager[nn.Module]:
+    """No parameter of ``model`` requires grad inside the block; the flags come back on exit."""
+    return _requires_grad(model, False)
+
+
+def trainable(model: nn.Module) -> AbstractContextManager[nn.Module]:
+    """Every parameter of ``model`` requires grad inside the block (a model loaded for serving has
+    them off); the flags come back on exit."""
+    return _requires_grad(model, True)
 
 
 @contextmanager
