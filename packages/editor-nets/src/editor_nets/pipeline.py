@@ -289,6 +289,17 @@ def _train_editor(
     return editor, summary
 
 
+def _training_cost(log: list[dict], start: float, parameters: int) -> dict:
+    """What training an editor cost: steps, seconds since ``start``, size, first and last log rows."""
+    return {
+        "steps": len(log),
+        "seconds": time.perf_counter() - start,
+        "parameters": parameters,
+        "first_step": log[0] if log else {},
+        "last_step": log[-1] if log else {},
+    }
+
+
 def _train_ke(
     model: nn.Module,
     tokenizer,
@@ -306,13 +317,7 @@ def _train_ke(
     start = time.perf_counter()
     editor, log = train_knowledge_editor(model, tokenizer, splits["train"], config, targets=targets)
     editor.save_pretrained(out_dir)
-    summary = {
-        "steps": len(log),
-        "seconds": time.perf_counter() - start,
-        "parameters": sum(p.numel() for p in editor.parameters()),
-        "first_step": log[0] if log else {},
-        "last_step": log[-1] if log else {},
-    }
+    summary = _training_cost(log, start, sum(p.numel() for p in editor.parameters()))
     say(f"KE: {summary['steps']} steps in {summary['seconds']:.0f}s, {summary['parameters']:,} parameters")
     return editor, summary
 
@@ -339,13 +344,7 @@ def _train_enn(
         {k: v.reshape(1) for k, v in editor.log_step_sizes.items()},
         str(out_dir / "log_step_sizes.safetensors"),
     )
-    summary = {
-        "steps": len(log),
-        "seconds": time.perf_counter() - start,
-        "parameters": len(editor.log_step_sizes),  # the step sizes; ENN trains the whole model
-        "first_step": log[0] if log else {},
-        "last_step": log[-1] if log else {},
-    }
+    summary = _training_cost(log, start, len(editor.log_step_sizes))  # ENN also trains the whole model
     say(f"ENN: {summary['steps']} steps in {summary['seconds']:.0f}s (the model itself, saved to {out_dir})")
     return enn_model, editor, summary
 
