@@ -84,13 +84,14 @@ def test_edit_train_writes_editors_and_a_report_naming_the_model(family_run) -> 
     located = ["ROME", "MEMIT", "AlphaEdit", "KN", "GRACE", "EditCache"]
     trained_and_ft = ["LifelongMEND", "MEND", "KE", "Ridge", "FT", "FT+KL"]
     if report["model"]["kind"] == "causal":
-        with_enn = [*trained_and_ft[:3], "ENN", *trained_and_ft[3:]]
+        with_enn = [*trained_and_ft[:3], "ENN", "SERAC", *trained_and_ft[3:]]
         assert list(report["methods"]) == with_enn + located and report["skipped_editors"] == {}
         enn = report["methods"]["ENN"]  # scored against its own (ENN-trained) model
         assert {"es_edit", "dd_locality", "pre_edit"} <= set(enn) and report["meta_train"]["ENN"]["steps"] > 0
-    else:  # ENN and the locate-then-edit editors need a causal LM: left out, and the report says why
+    else:  # ENN, SERAC and the locate-then-edit editors need a causal LM: left out, and the report says why
         assert list(report["methods"]) == trained_and_ft and list(report["skipped_editors"]) == [
             "ENN",
+            "SERAC",
             *located,
         ]
     for folder in ("editor", "lifelong"):

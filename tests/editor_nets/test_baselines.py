@@ -156,7 +156,7 @@ def test_registry_and_bad_settings():
     assert isinstance(kl, FTKLEditor) and kl.name == "FT+KL" and kl.targets == EDITED and kl.locality == []
     assert {"FT", "FT+KL", "MEND"} <= set(EDITORS)
     with pytest.raises(KeyError, match="known editors"):
-        build_editors(["SERAC"], EditorSetup())
+        build_editors(["NoSuchEditor"], EditorSetup())
     with pytest.raises(ValueError, match="needs the model"):
         build_editors(["ROME"], EditorSetup())
     with pytest.raises(ValueError, match="trained editor"):

@@ -35,6 +35,7 @@ def test_quick_main_job_writes_everything(quick_run):
         "MEND",
         "KE",
         "ENN",
+        "SERAC",
         "Ridge",
         "FT",
         "FT+KL",
@@ -49,6 +50,8 @@ def test_quick_main_job_writes_everything(quick_run):
         entry = report["methods"][method]
         for key in ("es_edit", "es_rephrase", "dd_locality", "dd_hard_locality", "edit_latency_ms_median"):
             assert key in entry, (method, key)
+    assert (out / "serac" / "serac.json").is_file() and report["meta_train"]["SERAC"]["steps"] > 0
+    assert report["methods"]["SERAC"]["editor_params"] > 0  # its classifier and counterfactual model
     stats = report["methods"]["MEMIT"]["key_statistics"]  # the one-off cost and what it was taken over
     assert stats["n_texts"] > 0 and stats["n_tokens"] > stats["n_texts"] and stats["seconds"] >= 0
     seq = report["methods"]["MEND"]["sequential"]
@@ -110,10 +113,10 @@ def test_eval_command(quick_run, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert list(json.loads((tmp_path / "report.json").read_text())["methods"]) == ["FT", "MEND"]
-    result = runner.invoke(
-        eval_app, ["--editor", str(out / "editor"), "--data", str(out / "data"), "--editors", "MEND,SERAC"]
-    )
-    assert result.exit_code == 2 and "SERAC" in result.output and "known editors" in result.output
+    for names, says in (("MEND,NoSuchEditor", "known editors"), ("MEND,SERAC", "needs a trained editor")):
+        args = ["--editor", str(out / "editor"), "--data", str(out / "data"), "--editors", names]
+        result = runner.invoke(eval_app, args)
+        assert result.exit_code == 2 and names.split(",")[1] in result.output and says in result.output
     # editors without training need only the model; their key statistics come from data/corpus.txt
     result = runner.invoke(
         eval_app,

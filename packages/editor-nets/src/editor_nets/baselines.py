@@ -272,7 +272,7 @@ def _ridge(setup: EditorSetup) -> Editor:
 
 LOCATED = ("ROME", "MEMIT", "AlphaEdit", "KN")
 # the locate-then-edit and memory-based editors read a causal LM's MLP keys or its prompt tokens
-CAUSAL_ONLY = ("ENN", *LOCATED, "GRACE", "EditCache")
+CAUSAL_ONLY = ("ENN", *LOCATED, "SERAC", "GRACE", "EditCache")
 
 
 def _located(name: str) -> Callable[[EditorSetup], Editor]:
@@ -317,6 +317,7 @@ EDITORS: dict[str, Callable[[EditorSetup], Editor]] = {
     "LifelongMEND": _trained("LifelongMEND"),
     "KE": _trained("KE"),
     "ENN": _trained("ENN"),  # trained with its own copy of the model: run_job evaluates it there
+    "SERAC": _trained("SERAC"),
     "Ridge": _ridge,
     "FT": lambda s: FTEditor(targets=s.targets, lr=s.ft_lr, max_steps=s.ft_max_steps),
     "FT+KL": lambda s: FTKLEditor(

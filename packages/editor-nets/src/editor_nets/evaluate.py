@@ -283,7 +283,7 @@ def _given_or_scored(pre, model: nn.Module, tokenizer: Any, records: Sequence[An
 
 
 def _attached(editor: Editor, model: nn.Module) -> contextlib.AbstractContextManager:
-    """Memory-based editors (GRACE, the edit cache) act on the model only inside
+    """Memory-based editors (SERAC, GRACE, the edit cache) act on the model only inside
     ``editor.attached(model)``; weight editors need nothing."""
     attached = getattr(editor, "attached", None)
     return attached(model) if attached is not None else contextlib.nullcontext()
@@ -356,16 +356,19 @@ def lifelong_curves(
 
 def editor_size(editor: Any) -> dict[str, Any]:
     """Trainable size of an editor: parameter count and bytes of parameters and buffers
-    (about its checkpoint size). Editors that are not modules (FT) have size 0; those with key
+    (about its checkpoint size; SERAC's: its classifier and counterfactual model). Editors that
+    are not modules (FT) have size 0; those with key
     statistics (ROME, MEMIT, AlphaEdit) add their one-off cost and what they were taken over
     (``key_statistics``: ``n_texts``, ``n_tokens``, ``seconds``, ``cached``, ...)."""
     stats = getattr(editor, "statistics", None)
-    if not isinstance(editor, nn.Module):
-        out: dict[str, Any] = {"editor_params": 0, "editor_bytes": 0}
-        return out if stats is None else {**out, "key_statistics": stats.summary()}
-    params = sum(p.numel() for p in editor.parameters())
-    nbytes = sum(t.numel() * t.element_size() for t in [*editor.parameters(), *editor.buffers()])
-    return {"editor_params": int(params), "editor_bytes": int(nbytes)}
+    # SERAC is made of several networks (``parts``); FT and the memory editors of none
+    parts = getattr(editor, "parts", (editor,) if isinstance(editor, nn.Module) else ())
+    tensors = [t for m in parts for t in (*m.parameters(), *m.buffers())]
+    out: dict[str, Any] = {
+        "editor_params": int(sum(p.numel() for m in parts for p in m.parameters())),
+        "editor_bytes": int(sum(t.numel() * t.element_size() for t in tensors)),
+    }
+    return out if stats is None else {**out, "key_statistics": stats.summary()}
 
 
 def _groups(n: int, size: int) -> list[range]:

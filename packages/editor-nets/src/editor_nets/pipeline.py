@@ -27,10 +27,11 @@ from editor_nets.evaluate import evaluate_editors
 from editor_nets.factcheck import FinetuneConfig
 from editor_nets.knowledge_editor import KnowledgeEditor, KnowledgeEditorConfig, train_knowledge_editor
 from editor_nets.mend import MendConfig, MendEditor
-from editor_nets.models import model_info
+from editor_nets.models import model_info, model_kind
 from editor_nets.pretrain import PretrainConfig, pretrain_causal_lm, qa_accuracy
 from editor_nets.report import MetricsLog, load_metrics, machine_info, results_table, write_report
 from editor_nets.ridge import preserved_moments
+from editor_nets.serac import SeracConfig, SeracEditor, train_serac
 from editor_nets.train import MetaTrainConfig, meta_train
 
 __all__ = [
@@ -93,6 +94,7 @@ class EvalConfig:
         "MEND",
         "KE",
         "ENN",
+        "SERAC",
         "Ridge",
         "FT",
         "FT+KL",
@@ -167,6 +169,7 @@ class JobConfig:
     lifelong_meta: MetaTrainConfig = field(default_factory=lambda: MetaTrainConfig(**DEFAULT_LIFELONG_META))
     ke: KnowledgeEditorConfig = field(default_factory=KnowledgeEditorConfig)
     enn: EnnConfig = field(default_factory=EnnConfig)
+    serac: SeracConfig = field(default_factory=SeracConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # the fact-checking preset only
 
@@ -188,6 +191,7 @@ def quick_config(base: JobConfig | None = None) -> JobConfig:
         ),
         ke=KnowledgeEditorConfig(hidden=16, steps=4, batch_size=2),
         enn=EnnConfig(steps=2, batch_size=2),
+        serac=SeracConfig(classifier_steps=2, classifier_batch=8, cf_steps=3, cf_batch=4),
         eval=EvalConfig(
             editors=base.eval.editors,
             modes=("single", "sequential"),
@@ -322,6 +326,37 @@ def _train_ke(
     return editor, summary
 
 
+def _train_serac(
+    model: nn.Module,
+    tokenizer,
+    splits: dict[str, list],
+    config: SeracConfig,
+    out_dir: Path,
+    resume: bool,
+    say: Callable[[str], None],
+) -> tuple[SeracEditor, dict]:
+    """Train SERAC's scope classifier (all-MiniLM-L6-v2) and counterfactual model on the training
+    edits (or, with ``resume``, load ``out_dir``'s) and save them."""
+    if resume and (out_dir / "serac.json").is_file():
+        say(f"SERAC: resuming from {out_dir}")
+        return SeracEditor.from_pretrained(out_dir), {"resumed": True}
+    start = time.perf_counter()
+    editor, trained = train_serac(model, tokenizer, splits["train"], config, held_out=splits["validation"])
+    editor.save_pretrained(out_dir)
+    n = sum(p.numel() for m in editor.parts for p in m.parameters())
+    summary = {
+        **_training_cost(trained["cf_loss"], start, n),
+        "scope_first_step": trained["scope_loss"][0],
+        "scope_last_step": trained["scope_loss"][-1],
+        "scope_accuracy_validation": trained.get("scope_accuracy_held_out"),
+    }
+    say(
+        f"SERAC: {summary['seconds']:.0f}s, scope accuracy on validation pairs "
+        f"{summary['scope_accuracy_validation']}"
+    )
+    return editor, summary
+
+
 def _train_enn(
     model: nn.Module,
     tokenizer,
@@ -406,6 +441,10 @@ def run_job(
             model, tokenizer, splits, config.ke, trained["MEND"].targets if "MEND" in trained else None,
             out / "ke", resume, say,
         )  # fmt: skip
+    if "SERAC" in config.eval.editors and model_kind(model) == "causal":
+        trained["SERAC"], summaries["SERAC"] = _train_serac(
+            model, tokenizer, splits, config.serac, out / "serac", resume, say
+        )
     setup = EditorSetup(
         targets=trained["MEND"].targets if "MEND" in trained else None, train_records=splits["train"],
         trained=trained, ft_lr=config.eval.ft_lr, ft_max_steps=config.eval.ft_max_steps, model=model,
