@@ -47,12 +47,12 @@ def test_grace_keeps_earlier_edits_and_the_evaluation_leaves_the_model_bitwise(l
     report = evaluate_editor(learnt.model, learnt.tokenizer, grace, records, mode="sequential", n_sequential=10,
                              progress=False)  # fmt: skip
     assert report["es_edit"] == 1.0  # all ten edits of the run still hold after the tenth
-    assert weights_digest(learnt.model) == digest and len(grace.codebook) == 0  # start() after the run
+    assert weights_digest(learnt.model) == digest and len(grace.entries) == 0  # start() after the run
 
 
 def test_codebook_radii_depend_on_the_entries_alone_and_survive_save_and_load(tmp_path) -> None:
     keys = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 10.0]])
-    book = Codebook().added(keys, torch.eye(3), torch.full((3,), 3.0), ["a", "b", "a"])
+    book = Codebook(keys, torch.eye(3), torch.full((3,), 3.0), ("a", "b", "a"))
     # entry 0 and 1 conflict (targets differ): both radii cut to half their distance
     torch.testing.assert_close(book.effective_radii(), torch.tensor([0.5, 0.5, 3.0]))
     assert torch.equal(book.without(1).effective_radii(), torch.tensor([3.0, 3.0]))
@@ -78,3 +78,27 @@ def test_the_registry_builds_them_and_they_refuse_seq2seq_models() -> None:
     for editor in editors.values():
         with pytest.raises(ValueError, match="causal language models"):
             editor.edit(model, tokenizer, world.records[:1])
+
+
+def test_entry_tables_join_in_order_and_go_to_plain_data_and_back() -> None:
+    from editor_nets.grace import EditCache
+    from editor_nets.serac import EditMemory
+
+    tables = [
+        Codebook(torch.eye(2), torch.ones(2, 3), torch.tensor([1.0, 2.0]), ("a", "b")),
+        EditMemory(("p",), ("t",), torch.ones(1, 4)),
+        EditCache(((1, 2), (3,)), ((4,), (5, 6))),
+    ]
+    for table in tables:
+        both = type(table)().joined([table, table])  # the empty table joins away
+        assert len(both) == 2 * len(table)
+        back = type(table).from_state(*both.to_state())
+        assert back.digest() == both.digest() and back.digest() != table.digest()
+        for _ in range(len(table)):  # dropping the first copy's entries leaves the second
+            back = back.without(0)
+        assert back.digest() == table.digest()
+    with pytest.raises(ValueError, match="2 entries has 1 rows in its field 'radii'"):
+        Codebook.from_state(
+            {"keys": torch.eye(2), "values": torch.ones(2, 3), "radii": torch.ones(1)},
+            {"targets": ["a", "b"]},
+        )

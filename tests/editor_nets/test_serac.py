@@ -112,7 +112,7 @@ def test_out_of_scope_queries_keep_the_base_logits_bitwise_and_routing_is_causal
     # the decision at a position depends on the tokens up to it: a longer row routes at the same place
     assert editor.routes([row + row[-1:]])[0] == (position, 0)
     editor.start()
-    assert editor.routes([row]) == [None] and len(editor.memory) == 0
+    assert editor.routes([row]) == [None] and len(editor.entries) == 0
 
 
 def test_memory_and_editor_survive_save_and_load(learnt, serac, tmp_path):
@@ -122,8 +122,10 @@ def test_memory_and_editor_survive_save_and_load(learnt, serac, tmp_path):
     editor.edit(learnt.model, learnt.tokenizer, records)
     editor.save_pretrained(tmp_path / "serac")
     loaded = SeracEditor.from_pretrained(tmp_path / "serac")
-    assert loaded.memory.prompts == editor.memory.prompts and loaded.memory.targets == editor.memory.targets
-    torch.testing.assert_close(loaded.memory.keys, editor.memory.keys)
+    assert (
+        loaded.entries.prompts == editor.entries.prompts and loaded.entries.targets == editor.entries.targets
+    )
+    torch.testing.assert_close(loaded.entries.keys, editor.entries.keys)
     with editor.attached(learnt.model):
         want = _logits(learnt, [r.prompt for r in records], [r.target for r in records])
     with loaded.attached(learnt.model):
@@ -138,7 +140,7 @@ def test_the_harness_runs_serac_in_sequence_and_leaves_the_model_bitwise(learnt,
     records = [_counterfactual(r, learnt) for r in held_out]
     report = evaluate_editor(learnt.model, learnt.tokenizer, editor, records, mode="sequential", n_sequential=6, progress=False)  # fmt: skip
     assert report["editor_params"] > sum(p.numel() for p in learnt.model.parameters())  # classifier + copy
-    assert report["n_failed_edits"] == 0 and len(editor.memory) == 0  # start() after the run
+    assert report["n_failed_edits"] == 0 and len(editor.entries) == 0  # start() after the run
     assert weights_digest(learnt.model) == digest
 
 

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,14 +40,15 @@ from editor_nets.locate import (
     read_at,
     require_causal,
 )
+from editor_nets.memory import EntryTable, MemoryEditor
 from editor_nets.scoring import edit_batch, score_batch
-from editor_nets.state import WeightSnapshot, eval_mode, frozen
+from editor_nets.state import eval_mode, frozen
 
 __all__ = ["Codebook", "EditCache", "EditCacheEditor", "GraceEditor"]
 
 
 @dataclass(frozen=True)
-class Codebook:
+class Codebook(EntryTable):
     """GRACE's memory at one layer: ``keys [n, d_in]``, ``values [n, d_out]``, ``targets`` (n
     strings) and each entry's initial radius ``radii [n]`` (absolute)."""
 
@@ -56,27 +56,6 @@ class Codebook:
     values: Tensor = field(default_factory=lambda: torch.zeros(0, 0))
     radii: Tensor = field(default_factory=lambda: torch.zeros(0))
     targets: tuple[str, ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def added(self, keys: Tensor, values: Tensor, radii: Tensor, targets: Sequence[str]) -> Codebook:
-        """This codebook with more entries (``keys [m, d_in]``, ``values [m, d_out]``, ``radii [m]``)."""
-        if not len(self):
-            return Codebook(keys.float(), values.float(), radii.float(), tuple(targets))
-        return Codebook(
-            torch.cat([self.keys, keys.float()]), torch.cat([self.values, values.float()]),
-            torch.cat([self.radii, radii.float()]), self.targets + tuple(targets),
-        )  # fmt: skip
-
-    def without(self, index: int) -> Codebook:
-        """This codebook less entry ``index``."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"codebook entry {index} does not exist (the codebook has {len(self)})")
-        keep = [i for i in range(len(self)) if i != index]
-        return Codebook(
-            self.keys[keep], self.values[keep], self.radii[keep], tuple(self.targets[i] for i in keep)
-        )
 
     def effective_radii(self) -> Tensor:
         """``[n]``: each radius cut to half the distance to the nearest key with another target."""
@@ -103,48 +82,20 @@ class Codebook:
         n = len(self)
         return torch.where(found, flat // n, none), torch.where(found, flat % n, none)
 
-    def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        meta = {"targets": "\x1f".join(self.targets), "n": str(len(self))}
-        tensors = {"keys": self.keys, "values": self.values, "radii": self.radii}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Codebook:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-        n = int(meta["n"])
-        targets = tuple(meta["targets"].split("\x1f")) if n else ()
-        if len(targets) != n or any(t.shape[0] != n for t in tensors.values()):
-            raise ValueError(
-                f"{path}: a codebook of {n} entries has {len(targets)} targets / other tensor sizes"
-            )
-        return cls(tensors["keys"], tensors["values"], tensors["radii"], targets)
-
 
 @dataclass
-class GraceEditor:
+class GraceEditor(MemoryEditor):
     """GRACE: a codebook at ``layer`` (default the last block's MLP output matrix). ``edit`` adds
     one entry per record, its value optimised (Adam, ``lr``, at most ``steps``) from the layer's
     own output until the target is hit; ``radius`` is the initial deferral radius relative to the
-    key's norm. ``start()`` empties the codebook; ``remove(i)`` drops entry ``i``."""
+    key's norm. ``entries`` is the codebook."""
 
     layer: str | None = None
     radius: float = 0.5
     steps: int = 100
     lr: float = 0.5
-    codebook: Codebook = field(default_factory=Codebook)
+    entries: Codebook = field(default_factory=Codebook)
     name: str = "GRACE"
-
-    def start(self) -> None:
-        self.codebook = Codebook()
-
-    def remove(self, index: int) -> None:
-        self.codebook = self.codebook.without(index)
 
     def target_layer(self, model: nn.Module) -> str:
         return self.layer or mlp_output_layers(model)[-1]
@@ -155,14 +106,14 @@ class GraceEditor:
         module = model.get_submodule(self.target_layer(model))
 
         def defer(mod: nn.Module, args: tuple, output: Any) -> Any:
-            position, entry = self.codebook.lookup(args[0])
+            position, entry = self.entries.lookup(args[0])
             if not bool((position >= 0).any()):
                 return output
             h = _hidden(output)
             T = h.shape[1]
             after = torch.arange(T, device=h.device)[None, :] >= position[:, None].clamp_min(0)
             after &= (position >= 0)[:, None]
-            values = self.codebook.values.to(h.device, h.dtype)[entry.clamp_min(0)]  # [B, d_out]
+            values = self.entries.values.to(h.device, h.dtype)[entry.clamp_min(0)]  # [B, d_out]
             return _with_hidden(output, torch.where(after[..., None], values[:, None, :], h))
 
         handle = module.register_forward_hook(defer)
@@ -174,6 +125,8 @@ class GraceEditor:
     def entries_for(self, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> Codebook:
         """The codebook entries of ``records`` (keys, optimised values, radii); nothing changes."""
         require_causal(model, self.name)
+        if not records:
+            return Codebook()
         name = self.target_layer(model)
         module = model.get_submodule(name)
         batch, positions = _records_batch(model, tokenizer, records, "last")
@@ -203,51 +156,31 @@ class GraceEditor:
         finally:
             handle.remove()
         radii = self.radius * keys.norm(dim=-1)
-        return Codebook().added(keys, values.detach(), radii, [r.target for r in records])
-
-    def edit(self, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> WeightSnapshot:
-        """Add one codebook entry per record; the weights are not touched (an empty snapshot)."""
-        new = self.entries_for(model, tokenizer, records)
-        self.codebook = self.codebook.added(new.keys, new.values, new.radii, new.targets)
-        return {}
+        return Codebook(
+            keys.float(), values.detach().float(), radii.float(), tuple(r.target for r in records)
+        )
 
 
 @dataclass(frozen=True)
-class EditCache:
+class EditCache(EntryTable):
     """The edit cache's memory: the stored prompts' token ids and their targets' token ids."""
 
     prompts: tuple[tuple[int, ...], ...] = ()
     targets: tuple[tuple[int, ...], ...] = ()
 
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def without(self, index: int) -> EditCache:
-        if not 0 <= index < len(self):
-            raise IndexError(f"cache entry {index} does not exist (the cache has {len(self)})")
-        return EditCache(
-            self.prompts[:index] + self.prompts[index + 1 :], self.targets[:index] + self.targets[index + 1 :]
-        )
-
 
 @dataclass
-class EditCacheEditor:
+class EditCacheEditor(MemoryEditor):
     """The edit cache: ``edit`` stores each record's prompt and target; inside ``attached(model)``
     a sequence that starts with a stored prompt (``threshold=None``: the same tokens; else a prefix
     whose mean input embedding has cosine similarity at least ``threshold`` with a stored prompt's,
     the most similar one) is given the stored target's tokens at the answer positions."""
 
     threshold: float | None = None
-    cache: EditCache = field(default_factory=EditCache)
+    entries: EditCache = field(default_factory=EditCache)
     name: str = "EditCache"
 
-    def start(self) -> None:
-        self.cache = EditCache()
-
-    def remove(self, index: int) -> None:
-        self.cache = self.cache.without(index)
-
-    def edit(self, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> WeightSnapshot:
+    def entries_for(self, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> EditCache:
         require_causal(model, self.name)
         prompts, targets = [], []
         for r in records:  # tokenised exactly as edits and scoring see them (prompt and target jointly)
@@ -256,12 +189,7 @@ class EditCacheEditor:
             start = int(labels.ne(-100).nonzero()[0, 0])
             prompts.append(tuple(ids[:start]))
             targets.append(tuple(labels[labels.ne(-100)].tolist()))
-        self.cache = replace(
-            self.cache,
-            prompts=self.cache.prompts + tuple(prompts),
-            targets=self.cache.targets + tuple(targets),
-        )
-        return {}
+        return EditCache(tuple(prompts), tuple(targets))
 
     def _match(self, model: nn.Module, ids: Tensor) -> list[tuple[int, int] | None]:
         """Per row of ``ids [B, T]``: ``(prompt length, entry)`` of the matching stored prompt."""
@@ -271,11 +199,11 @@ class EditCacheEditor:
             with torch.no_grad():
                 emb = table[ids].float()  # [B, T, d]
                 prefix = emb.cumsum(1) / torch.arange(1, ids.shape[1] + 1, device=ids.device)[None, :, None]
-                keys = torch.stack([table[list(p)].float().mean(0) for p in self.cache.prompts])  # [n, d]
+                keys = torch.stack([table[list(p)].float().mean(0) for p in self.entries.prompts])  # [n, d]
                 sim = torch.nn.functional.cosine_similarity(prefix[:, :, None], keys[None, None], dim=-1)
         for b, row in enumerate(ids.tolist()):
             found = None
-            for j, p in enumerate(self.cache.prompts):
+            for j, p in enumerate(self.entries.prompts):
                 if tuple(row[: len(p)]) == p:
                     found = (len(p), j)
                     break
@@ -295,14 +223,14 @@ class EditCacheEditor:
 
         def force(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             ids = kwargs.get("input_ids", args[0] if args else None)
-            if ids is None or not len(self.cache):
+            if ids is None or not len(self.entries):
                 return output
             logits = output.logits.clone()
             for b, found in enumerate(self._match(mod, ids)):
                 if found is None:
                     continue
                 length, j = found
-                for i, token in enumerate(self.cache.targets[j]):
+                for i, token in enumerate(self.entries.targets[j]):
                     if length - 1 + i < logits.shape[1]:
                         logits[b, length - 1 + i] = torch.finfo(logits.dtype).min
                         logits[b, length - 1 + i, token] = 0.0

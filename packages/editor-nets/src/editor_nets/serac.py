@@ -40,41 +40,21 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from editor_nets.locate import require_causal
+from editor_nets.memory import EntryTable, MemoryEditor
 from editor_nets.scoring import edit_batch
-from editor_nets.state import WeightSnapshot, eval_mode, trainable
+from editor_nets.state import eval_mode, trainable
 
 __all__ = ["EditMemory", "ScopeClassifier", "SeracConfig", "SeracEditor", "train_serac"]
 
 
 @dataclass(frozen=True)
-class EditMemory:
+class EditMemory(EntryTable):
     """SERAC's memory: the edits' ``prompts`` and ``targets`` and the scope classifier's
     embeddings of the prompts, ``keys [n, d]``."""
 
     prompts: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
     keys: Tensor = field(default_factory=lambda: torch.zeros(0, 0))
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def added(self, prompts: Sequence[str], targets: Sequence[str], keys: Tensor) -> EditMemory:
-        """This memory with more entries (``keys [m, d]``)."""
-        keys = keys.detach().float()
-        return EditMemory(
-            self.prompts + tuple(prompts),
-            self.targets + tuple(targets),
-            torch.cat([self.keys.to(keys.device), keys]) if len(self) else keys,
-        )
-
-    def without(self, index: int) -> EditMemory:
-        """This memory less entry ``index``."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"memory entry {index} does not exist (the memory has {len(self)})")
-        keep = [i for i in range(len(self)) if i != index]
-        return EditMemory(
-            tuple(self.prompts[i] for i in keep), tuple(self.targets[i] for i in keep), self.keys[keep]
-        )
 
 
 class ScopeClassifier(nn.Module):
@@ -118,7 +98,7 @@ class ScopeClassifier(nn.Module):
         path = Path(path)
         self.encoder.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        head = {"log_scale": float(self.log_scale), "bias": float(self.bias)}
+        head = {"log_scale": self.log_scale.item(), "bias": self.bias.item()}
         (path / "scope_head.json").write_text(json.dumps(head) + "\n")
 
     @classmethod
@@ -163,39 +143,31 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 @dataclass
-class SeracEditor:
+class SeracEditor(MemoryEditor):
     """SERAC over a base causal LM: ``classifier``, ``counterfactual`` (a causal LM sharing the base
-    model's ``tokenizer``), the ``memory`` and the in-scope probability ``threshold``. ``edit`` adds
-    one memory entry per record and changes no weight; ``remove(i)`` drops entry ``i``;
-    ``start()`` empties the memory."""
+    model's ``tokenizer``), the edit memory ``entries`` and the in-scope probability ``threshold``."""
 
     classifier: ScopeClassifier
     counterfactual: nn.Module
     tokenizer: Any
     threshold: float = 0.5
-    memory: EditMemory = field(default_factory=EditMemory)
+    entries: EditMemory = field(default_factory=EditMemory)
     name: str = "SERAC"
-
-    def start(self) -> None:
-        self.memory = EditMemory()
-
-    def remove(self, index: int) -> None:
-        self.memory = self.memory.without(index)
 
     @property
     def parts(self) -> tuple[nn.Module, ...]:
         """The trained networks (what the editor's size counts)."""
         return (self.classifier, self.counterfactual)
 
-    def edit(self, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> WeightSnapshot:
-        """Add one memory entry per record; the weights are not touched (an empty snapshot)."""
+    def entries_for(self, model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> EditMemory:
+        """One memory entry per record: its prompt, target and the classifier's key."""
         require_causal(model, self.name)
         if not records:
-            return {}
+            return EditMemory()
+        prompts = tuple(r.prompt for r in records)
         with torch.no_grad(), eval_mode(self.classifier):
-            keys = self.classifier.embed([r.prompt for r in records])
-        self.memory = self.memory.added([r.prompt for r in records], [r.target for r in records], keys)
-        return {}
+            keys = self.classifier.embed(list(prompts)).detach().float()
+        return EditMemory(prompts, tuple(r.target for r in records), keys)
 
     def routes(
         self, rows: Sequence[list[int]], cache: dict[str, Tensor] | None = None
@@ -204,7 +176,7 @@ class SeracEditor:
         the classifier puts in scope of some entry (the most probable entry there), or ``None``.
         ``cache`` maps decoded prefixes to their embeddings across calls."""
         cache = {} if cache is None else cache
-        if not len(self.memory):
+        if not len(self.entries):
             return [None] * len(rows)
         prefixes = [[self.tokenizer.decode(row[: n + 1]) for n in range(len(row))] for row in rows]
         missing = sorted({p for ps in prefixes for p in ps if p not in cache})
@@ -218,7 +190,7 @@ class SeracEditor:
                 if not ps:
                     out.append(None)
                     continue
-                logits = self.classifier.logits(torch.stack([cache[p] for p in ps]), self.memory.keys)
+                logits = self.classifier.logits(torch.stack([cache[p] for p in ps]), self.entries.keys)
                 best = logits.max(dim=1)  # over entries, per prefix
                 hits = (best.values > cut).nonzero()
                 out.append((int(hits[0, 0]), int(best.indices[hits[0, 0]])) if len(hits) else None)
@@ -233,7 +205,7 @@ class SeracEditor:
 
         def route(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             ids = kwargs.get("input_ids", args[0] if args else None)
-            if ids is None or not len(self.memory):
+            if ids is None or not len(self.entries):
                 return output
             past = kwargs.get("past_key_values")
             if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
@@ -246,7 +218,7 @@ class SeracEditor:
             if not found:
                 return output
             contexts = [
-                _edit_context(self.tokenizer, self.memory.prompts[e], self.memory.targets[e])
+                _edit_context(self.tokenizer, self.entries.prompts[e], self.entries.targets[e])
                 for _, (_, e) in found
             ]
             batch = _with_contexts(contexts, [rows[b] for b, _ in found], None, pad)
@@ -277,7 +249,7 @@ class SeracEditor:
         self.classifier.save_pretrained(path / "classifier")
         self.counterfactual.save_pretrained(path / "counterfactual")
         self.tokenizer.save_pretrained(path / "counterfactual")
-        memory = {"prompts": list(self.memory.prompts), "targets": list(self.memory.targets)}
+        memory = {"prompts": list(self.entries.prompts), "targets": list(self.entries.targets)}
         (path / "serac.json").write_text(
             json.dumps({"threshold": self.threshold, "memory": memory}, indent=2) + "\n"
         )
@@ -303,7 +275,9 @@ class SeracEditor:
             raise ValueError(f"{meta_file}: {len(prompts)} memory prompts but {len(targets)} targets")
         if prompts:
             with torch.no_grad():
-                editor.memory = EditMemory().added(prompts, targets, editor.classifier.embed(prompts))
+                editor.entries = EditMemory(
+                    tuple(prompts), tuple(targets), editor.classifier.embed(prompts).float()
+                )
         return editor
 
 
