@@ -75,7 +75,7 @@ def test_a_lifelong_editors_memory_follows_the_active_edits(tiny_artifacts, tmp_
 
     s = service()
     ids = [s.edit(EditItem(p, t)).edit_id for p, t in tiny_artifacts.prompts[:3]]
-    deltas = dict(s.weights.active)
+    deltas = dict(s.store.active)
     assert all(layer.keys is not None for d in deltas.values() for layer in d.layers.values())
     assert all(any(k.endswith(".keys") for k in s.journal.load_tensors(e)) for e in s.journal.entries)
     s.rollback(edit_id=ids[1])

@@ -131,7 +131,7 @@ def test_a_failed_journal_write_undoes_the_edit(make_service, tiny_artifacts, mo
     with pytest.raises(ServeError) as refused:
         _edit(s, *tiny_artifacts.prompts[1])
     assert refused.value.code == "RESOURCE_EXHAUSTED" and "nothing was changed" in refused.value.message
-    assert _state(s) == state and len(s.weights.active) == 1
+    assert _state(s) == state and len(s.store.active) == 1
 
 
 LONG = "word " * 100

@@ -22,6 +22,10 @@ and per-row positions; a row that ends is dropped from the cache, a row that joi
 Other models (encoder-decoder) advance one request at a time inside the same step. Each request
 samples from its own seeded generator, so a seeded request gives the same text alone or in a
 batch, up to the rounding of batched kernels.
+
+With ``attach`` (a memory editor's ``attached``, whose hooks look at whole sequences), every step
+runs inside ``attach(model)`` and each request is run alone on its whole sequence, without a KV
+cache or padding: the forward the library's evaluation scores, at a cost quadratic in length.
 """
 
 from __future__ import annotations
@@ -128,12 +132,18 @@ class DecodeLoop:
         lock: ReadWriteLock,
         version_of: Callable[[], int],
         max_restarts: int = 3,
+        attach: Callable[[nn.Module], contextlib.AbstractContextManager] | None = None,
     ) -> None:
         self.model, self.tokenizer, self.lock, self.version_of = model, tokenizer, lock, version_of
         self.max_restarts = max_restarts
+        self.attach = attach
         self.cache = cache_argument(model)
         forward = inspect.signature(model.forward).parameters
-        self.batched = not getattr(model.config, "is_encoder_decoder", False) and "position_ids" in forward
+        self.batched = (
+            attach is None
+            and not getattr(model.config, "is_encoder_decoder", False)
+            and "position_ids" in forward
+        )
         self._arrived: list[_Request] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -180,7 +190,7 @@ class DecodeLoop:
                     break
                 arrived, self._arrived = self._arrived, []
             try:
-                with self.lock.read(), torch.no_grad():
+                with self.lock.read(), torch.no_grad(), self._hooks():
                     self._step(arrived)
             except Exception as err:  # a failed forward fails the requests in it, not the loop
                 for request in self._rows + arrived:
@@ -188,6 +198,9 @@ class DecodeLoop:
                 self._rows, self._past = [], None
         for request in self._rows + self._arrived:
             request.pieces.put(RuntimeError("the service is closing"))
+
+    def _hooks(self) -> contextlib.AbstractContextManager:
+        return self.attach(self.model) if self.attach is not None else contextlib.nullcontext()
 
     def _step(self, arrived: list[_Request]) -> None:
         """One token for every request in flight, under one version."""
@@ -300,7 +313,7 @@ class DecodeLoop:
     def _single_forward(self, request: _Request) -> Tensor:
         """Logits of the next token of a request decoded alone (its own cache)."""
         assert request.text is not None
-        if request.single is None:
+        if request.single is None or self.attach is not None:  # hooks see whole sequences: no cache
             step, first, _ = stepper(self.model, request.prompt)
             generated = torch.tensor([request.text.generated], dtype=torch.long, device=first.device)
             out = step(torch.cat([first, generated.reshape(1, -1)], dim=1), None)

@@ -52,8 +52,11 @@ def _check_artifacts(model: Path, editor: Path | None) -> None:
         problems.append(f"--model {model}: no config.json")
     if not any((model / w).is_file() for w in weights):
         problems.append(f"--model {model}: no weights ({', '.join(weights)})")
-    for name in ("config.json", "editor.safetensors") if editor is not None else ():
-        if not (editor / name).is_file():
+    needs = ("serac.json", "classifier", "counterfactual") if (editor / "serac.json").is_file() else (
+        "config.json", "editor.safetensors",
+    )  # fmt: skip
+    for name in needs if editor is not None else ():
+        if not (editor / name).exists():
             problems.append(f"--editor {editor}: no {name}")
     if problems:
         raise typer.BadParameter("; ".join(problems))
@@ -64,8 +67,9 @@ def serve(
     model: Path = typer.Option(None, help="HF model directory (default: runs/default/model)"),
     editor: Path = typer.Option(
         None,
-        help="MendEditor directory (default: runs/default/lifelong; runs/default/editor is plain MEND), or "
-        "rome, memit, alphaedit or kn: an editor that needs no training",
+        help="MendEditor directory (default: runs/default/lifelong; runs/default/editor is plain MEND), a "
+        "SERAC directory (runs/default/serac), or rome, memit, alphaedit, kn, grace or editcache: an editor "
+        "that needs no training",
     ),
     stats_corpus: str = typer.Option(
         None,

@@ -14,8 +14,10 @@ from torch import nn
 
 __all__ = ["UNTRAINED_EDITORS", "LoadedModel", "device_label", "load_served", "write_tiny_artifacts"]
 
-# ``--editor`` names of the editors that need no trained directory (``editor_nets.locate``)
-UNTRAINED_EDITORS = {"rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit", "kn": "KN"}
+# ``--editor`` names of the editors that need no trained directory (``editor_nets.locate``, ``.grace``)
+UNTRAINED_EDITORS = {
+    "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit", "kn": "KN", "grace": "GRACE", "editcache": "EditCache",
+}  # fmt: skip
 
 
 @dataclass
@@ -39,8 +41,9 @@ def load_served(
     model_dir: str | Path, editor_dir: str | Path, *, num_gpus: int = 0, stats_corpus: str | None = None
 ) -> LoadedModel:
     """A model (causal or seq2seq LM, or sequence classifier) + tokenizer from ``model_dir`` and a
-    ``MendEditor`` from ``editor_dir``, or, when ``editor_dir`` is a name of
-    :data:`UNTRAINED_EDITORS` (``rome``, ``memit``, ``alphaedit``, ``kn``), that editor built for the
+    ``MendEditor`` from ``editor_dir`` (a ``SeracEditor`` when it holds ``serac.json``), or, when
+    ``editor_dir`` is a name of :data:`UNTRAINED_EDITORS` (``rome``, ``memit``, ``alphaedit``, ``kn``,
+    ``grace``, ``editcache``), that editor built for the
     model: key statistics over ``stats_corpus`` (default ``<model>/../data/corpus.txt`` when there is
     one, else the built-in world's corpus; cached), the fact token found by tracing the training
     edits of ``<model>/../data`` when there are some.
@@ -63,8 +66,16 @@ def load_served(
             _untrained(named, model, tokenizer, model_dir, stats_corpus),
             device_label(model),
         )
+    device = model.get_input_embeddings().weight.device
+    if (editor_dir / "serac.json").is_file():
+        from editor_nets.serac import SeracEditor
+
+        editor = SeracEditor.from_pretrained(editor_dir)
+        for part in editor.parts:
+            part.to(device)
+        return LoadedModel(model, tokenizer, editor, device_label(model))
     editor = MendEditor.from_pretrained(editor_dir, model=model)
-    editor.to(model.get_input_embeddings().weight.device)
+    editor.to(device)
     return LoadedModel(model, tokenizer, editor, device_label(model))
 
 

@@ -9,6 +9,13 @@ Versions: the weight version is the sequence number of the last journal event (0
 weights, no edit ever). Each Edit and each effective Rollback is one event, so a version
 names exactly one set of active edits, across restarts too.
 
+Memory editors (GRACE, SERAC, the edit cache: ``editor_nets.memory``): an edit is the entries
+its items add to the editor's table, journaled as tensors plus their metadata (``record["entries"]``);
+the weights never change. Rollback drops the edit's entries (``EntryStore``), Generate and the
+edit's log-probabilities run inside ``editor.attached(model)``, without the KV cache (the
+hooks see each whole sequence: the same forward the library's evaluation scores), and the Health
+digest covers the weights and the table.
+
 Leader and followers: a service on a writable journal (it holds the LOCK) is the one that edits.
 A service on a read-only journal is a follower replica (``--replicas``): it refuses Edit and
 Rollback, and ``sync()`` applies the events the leader journaled since its version, from the
@@ -18,6 +25,8 @@ with ``min_version`` above the replica's version syncs first (read your writes).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import secrets
 import threading
@@ -51,8 +60,9 @@ from edit_serve.results import (
     RollbackResult,
 )
 from edit_serve.rwlock import ReadWriteLock
-from edit_serve.weights import WeightStore
+from edit_serve.weights import EntryStore, WeightStore
 from editor_nets import EditDelta, label_id, model_kind, score_targets, weights_digest
+from editor_nets.memory import EntryTable, MemoryEditor
 from editor_nets.ridge import KeyMemory
 
 __all__ = ["EditService"]
@@ -71,11 +81,12 @@ def _items_of(record: Mapping) -> list[dict]:
 
 
 class EditService:
-    """Model + editor + journal + weight store behind a readers-writer lock.
+    """Model + editor + journal + edit store behind a readers-writer lock.
 
-    ``editor`` has ``compute_delta(model, tokenizer, records) -> EditDelta`` (``MendEditor``).
+    ``editor`` is a weight editor, with ``compute_delta(model, tokenizer, records, memory) ->
+    EditDelta`` (``MendEditor``, the located editors), or a ``MemoryEditor`` (causal LMs only).
     On construction the journal is replayed: the active edits at the last event are applied
-    to the base weights in their original order.
+    to the base weights (or table) in their original order.
     """
 
     def __init__(
@@ -98,9 +109,16 @@ class EditService:
         self.model_name = model_name
         self.device = device
         self.lock = ReadWriteLock()
-        self.weights = WeightStore(model)
+        self.memory_editor = isinstance(editor, MemoryEditor)
+        if self.memory_editor and self.kind != "causal":
+            raise ValueError(
+                f"{editor.name} edits causal language models; the served model is a {self.kind} model"
+            )
+        self.store = EntryStore(editor) if self.memory_editor else WeightStore(model)
         # what least-squares editors protect: C_0 from the editor, plus the active edits' keys
-        self._base_memory = getattr(editor, "memory", KeyMemory()).fresh()
+        self._base_memory = (
+            KeyMemory() if self.memory_editor else getattr(editor, "memory", KeyMemory()).fresh()
+        )
         self._memory = self._base_memory
         self._inflight = 0
         self._inflight_lock = threading.Lock()
@@ -108,7 +126,8 @@ class EditService:
         self._by_key: dict[str, JournalEntry] = {}
         self._status: dict[str, str] = {}
         self._rolled_back_at: dict[str, str] = {}
-        self._decoder = DecodeLoop(model, tokenizer, self.lock, lambda: self.version)
+        attach = editor.attached if self.memory_editor else None
+        self._decoder = DecodeLoop(model, tokenizer, self.lock, lambda: self.version, attach=attach)
         self._replay()
 
     # ------------------------------------------------------------ start-up
@@ -119,8 +138,13 @@ class EditService:
             else:
                 self._mark_rolled_back(entry)
         active = active_entries(self.journal.entries)
-        self.weights.load_active((e.edit_id, self._load_delta(e)) for e in active)
-        self._memory = KeyMemory.of(self.weights.active.values(), self._base_memory.preserved)
+        self.store.load_active((e.edit_id, self._load_change(e)) for e in active)
+        self._refresh_key_memory()
+
+    def _refresh_key_memory(self) -> None:
+        """The keys a least-squares weight editor protects: C_0 plus those of the active edits."""
+        if not self.memory_editor:
+            self._memory = KeyMemory.of(self.store.active.values(), self._base_memory.preserved)
 
     def _mark_rolled_back(self, entry: JournalEntry) -> None:
         for edit_id in entry.record["edit_ids"]:
@@ -135,10 +159,26 @@ class EditService:
         if key:
             self._by_key[key] = entry
 
-    def _load_delta(self, entry: JournalEntry):
-        return EditDelta.from_tensors(
-            self.journal.load_tensors(entry), entry.record.get("delta_provenance", {})
-        )
+    def _load_change(self, entry: JournalEntry) -> EditDelta | EntryTable:
+        """What a journaled edit changes: its ``EditDelta``, or for a memory editor its entries;
+        ``ValueError`` when the entry was made by the other kind of editor."""
+        memory = "entries" in entry.record
+        if memory != self.memory_editor:
+            made, served = (
+                ("memory entries", "weight updates") if memory else ("a weight update", "memory entries")
+            )
+            raise ValueError(
+                f"journal entry {entry.seq:08d} ({self.journal.directory}) holds {made}; the served editor "
+                f"{getattr(self.editor, 'name', type(self.editor).__name__)} makes {served}"
+            )
+        tensors = self.journal.load_tensors(entry)
+        if memory:
+            return type(self.store.base).from_state(tensors, entry.record["entries"])
+        return EditDelta.from_tensors(tensors, entry.record.get("delta_provenance", {}))
+
+    def _hooks(self) -> contextlib.AbstractContextManager:
+        """What every forward of the served model runs under: a memory editor's hooks, or nothing."""
+        return self.editor.attached(self.model) if self.memory_editor else contextlib.nullcontext()
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -162,10 +202,14 @@ class EditService:
 
     def _target_logprob(self, prompt: str, target: str) -> float:
         """log p(target | prompt) summed over the target tokens, as the editor scores it."""
-        return -float(score_targets(self.model, self.tokenizer, [prompt], [target]).nll[0])
+        with self._hooks():
+            return -float(score_targets(self.model, self.tokenizer, [prompt], [target]).nll[0])
 
-    def _apply(self, edit_id: str, delta: EditDelta) -> None:
-        """``weights.apply`` checking that the touched parameters stay finite (``ValueError``, undone)."""
+    def _apply(self, edit_id: str, delta: EditDelta | EntryTable) -> None:
+        """``store.apply`` checking that the touched parameters stay finite (``ValueError``, undone)."""
+        if isinstance(delta, EntryTable):
+            self.store.apply(edit_id, delta)
+            return
         params = dict(self.model.named_parameters())
 
         def check() -> str | None:
@@ -174,7 +218,7 @@ class EditService:
                     return f"applying the edit made parameter {name} non-finite; nothing was changed"
             return None
 
-        self.weights.apply(edit_id, delta, check=check)
+        self.store.apply(edit_id, delta, check=check)
 
     def _refuse_follower(self, rpc: str) -> None:
         if self.journal.read_only:
@@ -235,7 +279,7 @@ class EditService:
         from edit_data import TargetTooLongError
 
         try:
-            delta = self.editor.compute_delta(self.model, self.tokenizer, _records(items), self._memory)
+            delta = self._change_of(_records(items))
         except (TargetTooLongError, ValueError) as err:
             raise invalid(f"cannot compute the edit: {err}") from err
         problem = self._problem(delta)
@@ -247,10 +291,22 @@ class EditService:
             raise ServeError("FAILED_PRECONDITION", f"{problem}; nothing was changed")
         return delta
 
-    def _alone(self, item: EditItem):
-        return self.editor.compute_delta(self.model, self.tokenizer, _records([item]), self._memory)
+    def _change_of(self, records: list) -> EditDelta | EntryTable:
+        """The weight update, or the memory entries, that ``records`` make; nothing changes."""
+        if self.memory_editor:
+            with self._hooks():  # as the library's sequential evaluation: on the model as edited
+                return self.editor.entries_for(self.model, self.tokenizer, records)
+        return self.editor.compute_delta(self.model, self.tokenizer, records, self._memory)
 
-    def _problem(self, delta) -> str | None:
+    def _alone(self, item: EditItem):
+        return self._change_of(_records([item]))
+
+    def _problem(self, delta: EditDelta | EntryTable) -> str | None:
+        if isinstance(delta, EntryTable):  # entries have no update norm; ``max_edit_norm`` bounds weights
+            for name, t in delta.to_state()[0].items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return f"the edit's memory entry field {name!r} is non-finite (NaN or inf)"
+            return None
         if not delta.is_finite():
             return "the edit's update is non-finite (NaN or inf)"
         norm, bound = delta.norm(), self.limits.max_edit_norm
@@ -305,16 +361,20 @@ class EditService:
                     "logprob_before_items": before,
                     "logprob_after_items": after,
                     "latency_ms": latency_ms,
-                    "norm": delta.norm(),
-                    "delta_provenance": dict(delta.provenance),
                 }
-                entry = self.journal.append_edit(delta.to_tensors(), record)
+                if isinstance(delta, EntryTable):
+                    tensors, record["entries"] = delta.to_state()
+                else:
+                    tensors = delta.to_tensors()
+                    record.update(norm=delta.norm(), delta_provenance=dict(delta.provenance))
+                entry = self.journal.append_edit(tensors, record)
             except BaseException as err:
-                self.weights.rollback([edit_id])  # not journaled: undo exactly
+                self.store.rollback([edit_id])  # not journaled: undo exactly
                 if isinstance(err, OSError):
                     raise journal_write_failed(err, "edit") from err
                 raise
-            self._memory = self._memory.with_edit(delta)
+            if not self.memory_editor:
+                self._memory = self._memory.with_edit(delta)
             self._index_edit(entry)
             logprobs = [EditItemResult(b, a) for b, a in zip(before, after, strict=True)]
             return EditResult(edit_id, entry.seq, latency_ms, before[0], after[0], False, logprobs)
@@ -464,8 +524,8 @@ class EditService:
                 entry = self.journal.append_rollback(ids, to_version)
             except OSError as err:
                 raise journal_write_failed(err, "rollback") from err
-            self.weights.rollback(ids)
-            self._memory = KeyMemory.of(self.weights.active.values(), self._base_memory.preserved)
+            self.store.rollback(ids)
+            self._refresh_key_memory()
             self._mark_rolled_back(entry)
             return RollbackResult(entry.seq, ids)
 
@@ -488,7 +548,7 @@ class EditService:
                     if entry.op == "edit":
                         if entry.edit_id not in undone:
                             try:
-                                self._apply(entry.edit_id, self._load_delta(entry))
+                                self._apply(entry.edit_id, self._load_change(entry))
                             except ValueError as err:
                                 raise ServeError(
                                     "FAILED_PRECONDITION",
@@ -497,13 +557,13 @@ class EditService:
                                 ) from err
                         self._index_edit(entry)
                     else:
-                        active = [i for i in entry.record["edit_ids"] if i in self.weights.active]
+                        active = [i for i in entry.record["edit_ids"] if i in self.store.active]
                         if active:
-                            self.weights.rollback(active)
+                            self.store.rollback(active)
                         self._mark_rolled_back(entry)
                     self.journal.adopt(entry)
             finally:
-                self._memory = KeyMemory.of(self.weights.active.values(), self._base_memory.preserved)
+                self._refresh_key_memory()
         return self.version
 
     # ------------------------------------------------------------ queries
@@ -539,13 +599,16 @@ class EditService:
         return self._info(self._edits[edit_id])
 
     def health(self, with_digest: bool = False) -> HealthInfo:
-        """Status, version, active edit count; with ``with_digest`` also the sha256 of all weights."""
+        """Status, version, active edit count; with ``with_digest`` also the sha256 of all weights
+        (for a memory editor, of the weights' digest and the table's)."""
         digest = ""
         if with_digest:
             with self.lock.read():
                 digest = weights_digest(self.model)
+                if self.memory_editor:
+                    digest = hashlib.sha256(f"{digest}:{self.editor.entries.digest()}".encode()).hexdigest()
         return HealthInfo(
-            "SERVING", self.version, len(self.weights.active), self.model_name, self.device, digest
+            "SERVING", self.version, len(self.store.active), self.model_name, self.device, digest
         )
 
     def close(self) -> None:
