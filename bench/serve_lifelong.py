@@ -2,6 +2,9 @@
 
     python bench/serve_lifelong.py [--run runs/default] [--editor lifelong] [--edits 100]
 
+``--editor``: a folder of the run (``lifelong``, ``editor`` = plain MEND, ``serac``) or an editor
+without training (``grace``, ``editcache``); the memory editors are served as their entries.
+
 Starts ``edit-serve`` on loopback with the run's model and editor, sends the first ``--edits``
 held-out test edits one ``Edit`` call at a time, and after every 10 measures through greedy
 ``Generate``: the share of all edits so far whose prompt now gives the new target, and the share
@@ -9,7 +12,8 @@ of their locality prompts (those not in scope of an edit so far) whose answer is
 it rolls back edit 50 and checks that its prompt returns to its earlier answer while the other
 edits hold, restarts the sidecar and checks the weights digest. The library's own figures for
 the same edits in the same order (``report.json``'s lifelong curve) are put beside the served
-ones. Writes ``bench/results/serve_lifelong.json`` and ``.png`` and prints a table.
+ones. Writes ``bench/results/serve_lifelong.json`` and ``.png`` (``serve_lifelong_<editor>.*`` for
+another editor than ``lifelong``) and prints a table.
 """
 
 from __future__ import annotations
@@ -23,6 +27,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serve_load import TOKEN, Assets, free_port, start_sidecar, stop_sidecar, wait_ready
+
+# --editor -> the method's name in report.json
+METHODS = {
+    "lifelong": "LifelongMEND",
+    "editor": "MEND",
+    "serac": "SERAC",
+    "grace": "GRACE",
+    "editcache": "EditCache",
+}
 
 
 def answers(client, prompts: list[str], targets: list[str], tokenizer) -> list[str]:
@@ -38,7 +51,9 @@ def answers(client, prompts: list[str], targets: list[str], tokenizer) -> list[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("runs/default"))
-    parser.add_argument("--editor", default="lifelong", help="editor folder of the run (lifelong or editor)")
+    parser.add_argument(
+        "--editor", default="lifelong", choices=sorted(METHODS), help="what the sidecar serves"
+    )
     parser.add_argument("--edits", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
@@ -51,7 +66,10 @@ def main() -> None:
 
     records = load_saved(args.run / "data")["test"][: args.edits]
     tokenizer = AutoTokenizer.from_pretrained(str(args.run / "model"))
-    assets = Assets(args.run / "model", args.run / args.editor, str(args.run), [])
+    from edit_serve.loading import UNTRAINED_EDITORS
+
+    editor_dir = Path(args.editor) if args.editor in UNTRAINED_EDITORS else args.run / args.editor
+    assets = Assets(args.run / "model", editor_dir, str(args.run), [])
     journal = Path(tempfile.mkdtemp()) / "journal"
     port, log = free_port(), Path(tempfile.mkdtemp()) / "sidecar.log"
     address = f"127.0.0.1:{port}"
@@ -100,8 +118,7 @@ def main() -> None:
     finally:
         stop_sidecar(proc)
     report = json.loads((args.run / "report.json").read_text())
-    name = "LifelongMEND" if args.editor == "lifelong" else "MEND"
-    library = {p["n_edits"]: p for p in report["methods"][name]["lifelong"]["sequential"]}
+    library = {p["n_edits"]: p for p in report["methods"][METHODS[args.editor]]["lifelong"]["sequential"]}
     for point in curve:
         if point["n_edits"] in library:
             lib = library[point["n_edits"]]
@@ -109,7 +126,8 @@ def main() -> None:
             point["library_locality_kept"] = 1.0 - lib["dd_locality"]  # pre-edit locality accuracy is 1 here
     result["curve"] = curve
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve_lifelong.json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = "serve_lifelong" if args.editor == "lifelong" else f"serve_lifelong_{args.editor}"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4))
@@ -126,7 +144,8 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.out / "serve_lifelong.png", dpi=110)
+    ax.set_title(f"{METHODS[args.editor]} served over gRPC", fontsize=9)
+    fig.savefig(args.out / f"{stem}.png", dpi=110)
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}, indent=2))
 
 
