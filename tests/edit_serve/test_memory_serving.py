@@ -150,3 +150,19 @@ def test_a_journal_of_memory_entries_is_not_replayed_onto_a_weight_editor(
         service.close()
     with pytest.raises(ValueError, match=r"holds memory entries; the served editor \S+ makes weight updates"):
         serve_dirs(root / "model", root / "mend", tmp_path / "journal")
+
+
+def test_the_command_line_checks_a_serac_directory_and_takes_editor_names(layout, tmp_path) -> None:
+    import shutil
+
+    import typer
+
+    from edit_serve.cli import _check_artifacts
+
+    root, _ = layout
+    _check_artifacts(root / "model", root / "serac")
+    _check_artifacts(root / "model", None)  # a named editor (grace, editcache, rome, ...): no directory
+    broken = tmp_path / "serac"
+    shutil.copytree(root / "serac", broken, ignore=shutil.ignore_patterns("counterfactual"))
+    with pytest.raises(typer.BadParameter, match=f"--editor {broken}: no counterfactual"):
+        _check_artifacts(root / "model", broken)

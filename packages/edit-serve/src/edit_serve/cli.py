@@ -52,10 +52,13 @@ def _check_artifacts(model: Path, editor: Path | None) -> None:
         problems.append(f"--model {model}: no config.json")
     if not any((model / w).is_file() for w in weights):
         problems.append(f"--model {model}: no weights ({', '.join(weights)})")
-    needs = ("serac.json", "classifier", "counterfactual") if (editor / "serac.json").is_file() else (
-        "config.json", "editor.safetensors",
-    )  # fmt: skip
-    for name in needs if editor is not None else ():
+    if editor is None:
+        needs: tuple[str, ...] = ()
+    elif (editor / "serac.json").is_file():
+        needs = ("classifier", "counterfactual")
+    else:
+        needs = ("config.json", "editor.safetensors")
+    for name in needs:
         if not (editor / name).exists():
             problems.append(f"--editor {editor}: no {name}")
     if problems:
