@@ -89,3 +89,17 @@ class Learnt:
     world: object
     known: list  # records whose original answer the model gives
     corpus: object  # editor_nets.keystats.Corpus of the world's sentences
+
+
+def saved_world_gpt2(root, steps: int = 400):
+    """A tiny GPT-2 of the model table taught the answers of the 24-entity world (seed 0), saved
+    with its tokenizer to ``root / "model"`` as ``edit-train`` leaves it; returns ``(model, tokenizer, world)``."""
+    from edit_data import build_world
+    from tiny_models import build_tiny, world_tokenizer
+
+    world = build_world(n_entities=24, seed=0)
+    tokenizer = world_tokenizer("gpt2", world.corpus)
+    model = train_on_answers(build_tiny("gpt2", tokenizer=tokenizer), tokenizer, world.records, steps=steps)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return model, tokenizer, world

@@ -9,13 +9,13 @@ import math
 
 import pytest
 import torch
-from world_models import train_on_answers
+from world_models import saved_world_gpt2
 
-from edit_data import build_world, encode_prompt
+from edit_data import encode_prompt
 from edit_serve import EditItem, SamplingParams, ServeError
 from editor_nets import MendConfig, MendEditor, weights_digest
 from editor_nets.serac import ScopeClassifier, SeracEditor
-from tiny_models import build_tiny, world_tokenizer
+from tiny_models import build_tiny
 
 pytestmark = pytest.mark.integration
 
@@ -28,11 +28,7 @@ def layout(tmp_path_factory):
     it whose classifier (a tiny random BERT, scaled so that only near-copies of an edit's prompt
     are in scope) routes to a copy of the model as counterfactual; ``root/mend``: an untrained MEND."""
     root = tmp_path_factory.mktemp("memory_run")
-    world = build_world(n_entities=24, seed=0)
-    tokenizer = world_tokenizer("gpt2", world.corpus)
-    model = train_on_answers(build_tiny("gpt2", tokenizer=tokenizer), tokenizer, world.records, steps=400)
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    model, tokenizer, world = saved_world_gpt2(root)
     classifier = ScopeClassifier(
         build_tiny("bert", tokenizer=tokenizer).bert, tokenizer, math.log(1000.0), -999.0
     )

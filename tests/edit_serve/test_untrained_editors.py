@@ -4,12 +4,11 @@ served with the same journal, exact rollback and restart replay as MEND's edits.
 from __future__ import annotations
 
 import pytest
-from world_models import train_on_answers
+from world_models import saved_world_gpt2
 
-from edit_data import build_world, save_records
+from edit_data import save_records
 from edit_serve import EditItem, ServeError
 from edit_serve.loading import load_served
-from tiny_models import build_tiny, world_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +17,7 @@ def served_layout(tmp_path_factory):
     (corpus.txt and the edit splits), as ``edit-train`` leaves them: the statistics and the fact
     locating read them by default."""
     root = tmp_path_factory.mktemp("run")
-    world = build_world(n_entities=24, seed=0)
-    tokenizer = world_tokenizer("gpt2", world.corpus)
-    model = train_on_answers(build_tiny("gpt2", tokenizer=tokenizer), tokenizer, world.records, steps=400)
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    *_, world = saved_world_gpt2(root)
     save_records({"train": world.records[:30], "validation": [], "test": world.records[30:]}, root / "data")
     (root / "data" / "corpus.txt").write_text("".join(line + "\n" for line in world.corpus))
     return root, world
