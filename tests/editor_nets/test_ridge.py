@@ -22,8 +22,18 @@ from editor_nets import (
     score_targets,
 )
 from editor_nets.baselines import preserved_texts
+from editor_nets.delta import applied
+from editor_nets.mend import edit_factors
 from editor_nets.models import output_projections
-from editor_nets.ridge import KeyMemory, RidgeEditor, RidgeSystem, preserved_moments, ridge_update
+from editor_nets.ridge import (
+    KeyMemory,
+    RidgeEditor,
+    RidgeSystem,
+    preserved_moments,
+    ridge_update,
+    stepwise_edit,
+)
+from editor_nets.scoring import edit_batch
 
 
 def _dense(layer) -> torch.Tensor:
@@ -128,6 +138,67 @@ def test_the_ridge_editor_edits_keeps_earlier_edits_and_changes_only_its_layers(
     assert not changed(model, before)
     editor.start()
     assert editor.memory.n_edits == 0 and editor.memory.preserved
+
+
+def _ridge_editor(model, tok, world) -> RidgeEditor:
+    targets = output_projections(model)
+    texts = preserved_texts(world.records[40:])
+    return RidgeEditor(targets, gamma=10.0, memory=KeyMemory(preserved_moments(model, tok, texts, targets)))
+
+
+def _missed(model, tok, world) -> list:
+    return [r for r in world.records if not bool(score_targets(model, tok, [r.prompt], [r.target]).exact[0])]
+
+
+def _ridge_step(memory: KeyMemory | None = None, lr: float = 0.25):
+    """A training-free ridge step (the ridge editor's), for ``stepwise_edit``."""
+
+    def step(factors):
+        prior = (lambda n, u: memory.prior(n, 10.0, u.device)) if memory else (lambda n, u: None)
+        return EditDelta({
+            n: RidgeSystem.of(prior(n, u), 1e-2, u.shape[1], u.device).update(u, -lr * d)
+            for n, (u, d) in factors.items()
+        })  # fmt: skip
+
+    return step
+
+
+def test_a_stop_nll_edit_goes_on_past_the_first_hit_to_the_margin(trained):
+    model, tok, world = trained
+    record, layers = _missed(model, tok, world)[0], output_projections(model)
+
+    def nll_after(stop: float | None) -> float:
+        delta = stepwise_edit(model, tok, [record], layers, _ridge_step(lr=4.0), 40, {}, stop)
+        with applied(model, delta):
+            scores = score_targets(model, tok, [record.prompt], [record.target])
+        assert bool(scores.exact[0])
+        return float(scores.mean_nll[0])
+
+    first_hit = nll_after(None)  # stops at the first exact hit, near the argmax boundary
+    assert nll_after(first_hit - 0.1) < first_hit - 0.1
+
+
+def test_a_record_that_is_done_stops_pushing_in_a_batch(trained):
+    """In a batch, a record whose target is already hit adds nothing to the step: the captured rows
+    are those of the other record alone."""
+    model, tok, world = trained
+    hit = next(r for r in world.records if bool(score_targets(model, tok, [r.prompt], [r.target]).exact[0]))
+    missed = _missed(model, tok, world)[0]
+    layers = output_projections(model)
+    seen = []
+
+    def step(factors):
+        seen.append(dict(factors))
+        return _ridge_step()(factors)
+
+    stepwise_edit(model, tok, [hit, missed], layers, step, 1, {})
+    together = seen[0][layers[-1]]
+    alone = edit_factors(model, edit_batch(model, tok, [missed.prompt], [missed.target]), [layers[-1]])[
+        layers[-1]
+    ]
+    assert len(together.u) == len(alone.u) > 0
+    torch.testing.assert_close(together.delta, alone.delta, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(together.u, alone.u, rtol=1e-4, atol=1e-6)
 
 
 def test_a_fresh_ridge_mend_step_is_one_ridge_step(trained):

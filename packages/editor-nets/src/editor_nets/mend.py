@@ -73,7 +73,9 @@ class MendConfig:
     memory, with a learned log-ridge and log-weight of the preserved keys per layer, starting at
     ``ridge_init`` and ``gamma_init``). With ridge aggregation an edit can be made in up to
     ``edit_steps`` steps of ``step_scale`` times the learned update, each on the model as updated
-    so far, stopping once the targets are hit (``editor_nets.ridge.stepwise_edit``)."""
+    so far, stopping once the targets are hit and, with ``stop_nll``, each target's mean token NLL
+    is below it (a margin, so that rephrasings and later edits do not undo a just-made edit;
+    ``editor_nets.ridge.stepwise_edit``)."""
 
     rank: int = 1920
     n_layers: int = 2
@@ -86,6 +88,7 @@ class MendConfig:
     gamma_init: float = 3000.0
     edit_steps: int = 1
     step_scale: float = 1.0
+    stop_nll: float | None = None
 
     def __post_init__(self) -> None:
         if self.input_mode not in INPUT_MODES:
@@ -270,16 +273,23 @@ class ShapeEditor(nn.Module):
 
 
 def edit_factors(
-    model: nn.Module, batch: dict[str, Tensor], targets: Sequence[str], *, kind: str | None = None
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    targets: Sequence[str],
+    *,
+    kind: str | None = None,
+    weights: Tensor | None = None,
 ) -> dict[str, Factors]:
     """Capture ``(u, delta)`` of the edit loss for ``targets``.
 
-    The loss is the SUM over edits of each edit's mean target NLL, so every edit in a batch
-    contributes a gradient of the same scale as if it were alone. Padding rows are dropped."""
+    The loss is the SUM over edits of each edit's mean target NLL (times ``weights`` ``[B]`` when
+    given), so every edit in a batch contributes a gradient of the same scale as if it were alone.
+    Padding rows are dropped, and so are the rows of an edit of weight 0 (its ``delta`` is zero)."""
     kind = kind or model_kind(model)
     mask = batch["attention_mask"] if kind == "causal" else None
     with torch.enable_grad(), capture(model, list(targets), mask=mask) as cap:
-        loss = target_nll(model, batch, kind=kind).sum()
+        nll = target_nll(model, batch, kind=kind)
+        loss = (nll if weights is None else nll * weights.to(nll)).sum()
         cap.backward(loss)
     return cap.factors
 
@@ -429,6 +439,7 @@ class MendEditor(nn.Module):
                 lambda f: self._step(f, memory, systems),
                 self.config.edit_steps,
                 provenance,
+                self.config.stop_nll,
             )
         kind = self.spec.kind
         batch = edit_batch(

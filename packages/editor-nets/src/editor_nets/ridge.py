@@ -187,10 +187,13 @@ def stepwise_edit(
     step: Callable[[dict[str, Factors]], EditDelta],
     max_steps: int,
     provenance: dict[str, str],
+    stop_nll: float | None = None,
 ) -> EditDelta:
     """An edit made in small steps: capture the factors of the edit loss on the model as updated so
-    far, take ``step(factors)``, until every target of ``records`` is hit (teacher-forced) or after
-    ``max_steps``. Returns the steps as one ``EditDelta`` whose keys are those of the first step
+    far, take ``step(factors)``, until every target of ``records`` is hit (teacher-forced) with,
+    when ``stop_nll`` is given, each target's mean token NLL below it, or after ``max_steps``. A
+    record that is done stops pushing: its loss (and so its rows) is left out of the later steps,
+    so a batch's easy edits are not driven on by its hard ones. Returns the steps as one ``EditDelta`` whose keys are those of the first step
     (the edit as first seen, which later edits protect); the model is unchanged afterwards."""
     from editor_nets.mend import edit_factors
 
@@ -200,9 +203,12 @@ def stepwise_edit(
     with restoring(model) as keep:
         for _ in range(max_steps):
             with torch.no_grad():
-                if bool(score_batch(model, batch, kind=kind).exact.all()):
+                scores = score_batch(model, batch, kind=kind)
+                done = scores.exact if stop_nll is None else scores.exact & (scores.mean_nll < stop_nll)
+                if bool(done.all()):
                     break
-            steps.append(step(edit_factors(model, batch, targets, kind=kind)))
+            pushing = None if not bool(done.any()) else (~done).float()
+            steps.append(step(edit_factors(model, batch, targets, kind=kind, weights=pushing)))
             keep(apply_delta(model, steps[-1]))
     delta = EditDelta.combine(steps, provenance)
     for n, layer in delta.layers.items():
