@@ -87,7 +87,13 @@ class WorldConfig:
 @dataclass
 class EvalConfig:
     """Held-out evaluation: the editors (names in ``editor_nets.baselines.EDITORS``), modes,
-    sequential run length, the fine-tuning baselines' budget."""
+    sequential run length, the fine-tuning baselines' budget.
+
+    The main job measures single edits and the lifelong curves (``lifelong_checkpoints`` edits in
+    a row, ``lifelong_batches`` edits in one call), which cover what the ``"batched"`` and
+    ``"sequential"`` modes (disjoint groups and runs of 10) measure at a third of the cost for
+    every editor; those modes stay one setting away (``edit-eval --modes``, a config's
+    ``eval.modes``)."""
 
     editors: tuple[str, ...] = (
         "LifelongMEND",
@@ -105,7 +111,7 @@ class EvalConfig:
         "GRACE",
         "EditCache",
     )
-    modes: tuple[str, ...] = ("single", "batched", "sequential")
+    modes: tuple[str, ...] = ("single",)
     n_sequential: int = 10
     batch_size: int = 10
     lifelong_checkpoints: tuple[int, ...] = (1, 10, 30, 100)
