@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the scale work, as one prepared script (under 10 minutes on one GPU):
-#   1. the GPU tests (pytest -m gpu: every path on CUDA, bf16 edit and rollback bitwise);
+#   1. the GPU tests (pytest -m gpu: every path on CUDA, every registered editor, bf16 edit and
+#      rollback bitwise);
 #   2. bench/scale_memory.py --device cuda: the Llama-2-7B shape (bf16, rank 1920), one edit,
 #      one batched edit of 10 and one meta-training step, peak CUDA memory and time, against
 #      edit-plan;
