@@ -79,7 +79,8 @@ def test_a_bf16_model_edits_and_rolls_back_bitwise_on_the_gpu(on_gpu, tmp_path):
     editor = MendEditor.for_model(model, MendConfig(rank=8, alpha_init=0.1)).cuda()
     service = EditService(model, tok, editor, EditJournal(tmp_path / "journal"), device="cuda:0")
     digest0 = service.health(with_digest=True).weights_sha256
-    r = world.records[1]
+    # the fp32 test's record: one step of this untrained editor overshoots on some others, in fp32 too
+    r = world.records[0]
     reply = service.edit(EditItem(r.prompt, r.target))
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert reply.target_logprob_after > reply.target_logprob_before
