@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -151,8 +152,10 @@ def test_a_second_run_into_the_same_directory_replaces_the_first(quick_run, monk
 
     out, _ = quick_run
 
-    def rows():
-        return [(r.get("phase"), r.get("step")) for r in map(json.loads, (out / "metrics.jsonl").open())]
+    def rows():  # as a multiset: editors trained in parallel workers interleave their rows
+        return Counter(
+            (r.get("phase"), r.get("step")) for r in map(json.loads, (out / "metrics.jsonl").open())
+        )
 
     first = rows()
     writes = []
@@ -162,6 +165,28 @@ def test_a_second_run_into_the_same_directory_replaces_the_first(quick_run, monk
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert writes == [out.resolve()]
     assert rows() == first  # the second run's rows only, not appended to the first's
+
+
+@pytest.mark.slow
+def test_the_editors_measure_the_same_in_one_process_as_in_two_workers(quick_run, tmp_path):
+    """Each editor starts from the job's seed and the base model, so the pool changes only the time."""
+    out, _ = quick_run
+    cfg = tmp_path / "one.json"
+    cfg.write_text(json.dumps({"workers": 1}))
+    result = runner.invoke(train_app, ["--quick", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    one, two = (json.loads((d / "report.json").read_text()) for d in (tmp_path / "run", out))
+    assert one["config"]["workers"] == 1 and two["config"]["workers"] == 2
+    assert list(one["methods"]) == list(two["methods"])
+    for name, method in one["methods"].items():
+        for key in ("es_edit", "es_rephrase", "dd_locality"):
+            assert method[key] == pytest.approx(two["methods"][name][key], abs=1e-9), (name, key)
+        for a, b in zip(
+            method["lifelong"]["sequential"], two["methods"][name]["lifelong"]["sequential"], strict=True
+        ):
+            assert a["es_edit"] == pytest.approx(b["es_edit"], abs=1e-9) and a[
+                "dd_locality"
+            ] == pytest.approx(b["dd_locality"], abs=1e-9), name
 
 
 @pytest.mark.slow
