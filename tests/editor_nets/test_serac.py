@@ -3,6 +3,7 @@ weights never change and removing an entry restores the base answers exactly."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 
@@ -149,3 +150,12 @@ def test_memory_removal_of_a_missing_entry_and_scope_pairs_are_clear(learnt):
         EditMemory().without(0)
     kinds = {k for _, _, _, k in scope_pairs(learnt.known[:4], learnt.tokenizer, random.Random(0))}
     assert {"rephrase", "locality", "other", "prefix"} <= kinds
+
+
+def test_inputs_longer_than_the_models_positions_are_refused_before_training(learnt):
+    """An edit in front of a query must fit the position table (a GPT-2 indexes past it otherwise)."""
+    model = copy.deepcopy(learnt.model)
+    key = "n_positions" if hasattr(model.config, "n_positions") else "max_position_embeddings"
+    setattr(model.config, key, 8)
+    with pytest.raises(ValueError, match=r"training record 0 .* more than the model's 8 positions"):
+        train_serac(model, learnt.tokenizer, learnt.known[:4], CONFIG, progress=False)

@@ -418,6 +418,35 @@ def _train_counterfactual(
     return log
 
 
+def _check_context_fits(model: nn.Module, tokenizer: Any, records: Sequence[Any]) -> None:
+    """Refuse, naming the record, training whose counterfactual inputs (an edit, then a query and a
+    target of the edit's relation) would run past the model's position table."""
+    from edit_data import encode_prompt
+
+    limit = getattr(model.config, "n_positions", None) or getattr(
+        model.config, "max_position_embeddings", None
+    )
+    if not limit:
+        return
+    longest: dict[Any, str] = {}
+    for r in records:
+        if len(encode_prompt(tokenizer, r.target)) > len(
+            encode_prompt(tokenizer, longest.get(r.relation, ""))
+        ):
+            longest[r.relation] = r.target
+    for i, r in enumerate(records):
+        target = longest[r.relation]
+        context = len(_edit_context(tokenizer, r.prompt, target))
+        for query in (r.prompt, *r.rephrases):
+            n = context + len(encode_prompt(tokenizer, f"{query} {target}"))
+            if n > limit:
+                raise ValueError(
+                    f"SERAC: training record {i} ({r.prompt!r}) with query {query!r} makes a counterfactual "
+                    f"input of {n} tokens (the edit in front of the query), more than the model's {limit} "
+                    "positions; use a model with a longer context"
+                )
+
+
 def train_serac(
     model: nn.Module,
     tokenizer: Any,
@@ -436,6 +465,7 @@ def train_serac(
     if not records:
         raise ValueError("train_serac needs training records")
     config = config or SeracConfig()
+    _check_context_fits(model, tokenizer, records)
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     classifier = classifier or ScopeClassifier.from_minilm()
