@@ -189,6 +189,27 @@ def test_the_editors_measure_the_same_in_one_process_as_in_two_workers(quick_run
             ] == pytest.approx(b["dd_locality"], abs=1e-9), name
 
 
+def test_a_failing_editor_is_reported_and_the_others_still_measured(tmp_path, monkeypatch):
+    """One broken editor costs only its own figures: the report holds the others and names the
+    failure with its error, and the command exits 1."""
+    import editor_nets.pipeline as pipeline
+
+    def broken(*args, **kwargs):
+        raise IndexError("index out of range in self")
+
+    monkeypatch.setattr(pipeline, "_train_serac", broken)
+    cfg = tmp_path / "job.json"
+    cfg.write_text(json.dumps({"workers": 1, "eval": {"editors": ["SERAC", "FT"]}}))
+    result = runner.invoke(train_app, ["--quick", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output + repr(result.exception)
+    assert "1 editor(s) failed: SERAC" in result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert list(report["methods"]) == ["FT"] and 0 <= report["methods"]["FT"]["es_edit"] <= 1
+    failure = report["failed_editors"]["SERAC"]
+    assert failure["error"] == "IndexError: index out of range in self" and "broken" in failure["traceback"]
+    assert (tmp_path / "run" / "report.png").is_file()
+
+
 @pytest.mark.slow
 def test_the_main_job_can_pretrain_a_llama(tmp_path):
     """``pretrain.architecture = "llama"`` (grouped-query attention here): the job pre-trains a

@@ -90,11 +90,11 @@ def train(
     if preset is not None:
         from editor_nets.pipeline import run_factcheck_job
 
-        run_factcheck_job(out or Path("runs") / preset, job, resume=resume)
+        _fail_if_editors_failed(run_factcheck_job(out or Path("runs") / preset, job, resume=resume))
         return
     if model is None and data is None:
         default_out = Path("runs/default") if job.world.name == "synthetic" else Path("runs") / job.world.name
-        run_default_job(out or default_out, job, resume=resume)
+        _fail_if_editors_failed(run_default_job(out or default_out, job, resume=resume))
         return
     if model is None or data is None:
         raise _fail("--model and --data go together (or pass neither for the built-in main job)")
@@ -111,13 +111,27 @@ def train(
     except (OSError, ValueError) as err:
         raise _fail(f"cannot load model {model!r}: {err}") from None
     out = out or Path("runs") / Path(model).name
-    run_job(
+    report = run_job(
         net, tokenizer, splits, out, job, base_model=model, resume=resume, corpus=_stats_corpus(data, None)
     )
     typer.echo(
         f"editor: {out / 'editor'}\nreport: {out / 'report.json'}, {out / 'report.png'}\n"
         f"metrics: {out / 'metrics.jsonl'}"
     )
+    _fail_if_editors_failed(report)
+
+
+def _fail_if_editors_failed(report: dict) -> None:
+    """Exit 1 after a job whose report names failed editors (the others' figures are written)."""
+    failed = report.get("failed_editors") or {}
+    if failed:
+        typer.secho(
+            f"error: {len(failed)} editor(s) failed: {', '.join(failed)}; the report holds the others, "
+            "and each failure's traceback is in report.json's failed_editors",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=1)
 
 
 def _editor_and_model(editor: Path, model: str | None):

@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import random
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -421,8 +422,17 @@ class _EditorTask:
     say: Callable[[str], None]
     in_worker: bool = False
 
-    def __call__(self, name: str) -> tuple[str, dict, dict | None, dict]:
-        """``(name, its report entry, what training it cost or None, the evaluation's shared keys)``."""
+    def __call__(self, name: str) -> _TaskResult:
+        """What editor ``name`` measured; an exception inside it is caught and returned as its
+        ``error`` (the traceback printed), so one broken editor does not cost the others' work."""
+        try:
+            return self._run(name)
+        except Exception as err:  # reported in the report and the exit code
+            trace = traceback.format_exc()
+            self.say(f"{name} failed, the job goes on without it:\n{trace}")
+            return _TaskResult(name, error={"error": f"{type(err).__name__}: {err}", "traceback": trace})
+
+    def _run(self, name: str) -> _TaskResult:
         model, config = self.model, self.config
         if self.in_worker:  # one thread per worker; a private copy of weights that edits change
             torch.set_num_threads(1)
@@ -464,12 +474,22 @@ class _EditorTask:
         entry = results["methods"][name]
         if name == "ENN":
             entry = {**entry, "pre_edit": results["pre_edit"]}
-        return name, entry, summary, {k: results[k] for k in ("pre_edit", "settings")}
+        return _TaskResult(name, entry, summary, {k: results[k] for k in ("pre_edit", "settings")})
 
 
-def _run_tasks(
-    task: _EditorTask, names: list[str], workers: int
-) -> list[tuple[str, dict, dict | None, dict]]:
+@dataclass
+class _TaskResult:
+    """One editor's report entry, what training it cost (``None``: not trained), the evaluation's
+    shared keys (``pre_edit``, ``settings``), or, when it failed, ``error`` (message and traceback)."""
+
+    name: str
+    entry: dict | None = None
+    summary: dict | None = None
+    shared: dict | None = None
+    error: dict | None = None
+
+
+def _run_tasks(task: _EditorTask, names: list[str], workers: int) -> list[_TaskResult]:
     """``task(name)`` for every name: in this process, or in a pool of ``workers`` processes
     (spawned: forking a process whose torch thread pool has run can hang)."""
     if workers <= 1 or len(names) <= 1:
@@ -500,7 +520,9 @@ def run_job(
     ``editor_nets.keystats.Corpus``, default the built-in world's) is what the locate-then-edit
     editors take their key statistics over, its first ``config.eval.stats_samples`` texts.
     Each editor is trained (when it is) and evaluated on its own, in ``config.workers`` processes
-    (``say`` must then be picklable: a module-level function such as ``print``).
+    (``say`` must then be picklable: a module-level function such as ``print``). An editor that
+    raises is left out of ``methods`` and named, with its error, in ``failed_editors``; the others
+    are still measured and reported (``RuntimeError`` when every editor failed).
     Returns the report."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -523,12 +545,19 @@ def run_job(
     order = sorted(
         names, key=lambda n: _LONGEST_FIRST.index(n) if n in _LONGEST_FIRST else len(_LONGEST_FIRST)
     )
-    done = {name: rest for name, *rest in _run_tasks(task, order, config.workers)}
-    shared = next((done[n][2] for n in names if n != "ENN"), done[names[0]][2])
-    results = {"methods": {n: done[n][0] for n in names}, **shared}
-    summaries = {n: done[n][1] for n in names if done[n][1] is not None}
+    done = {r.name: r for r in _run_tasks(task, order, config.workers)}
+    failed = {n: done[n].error for n in names if done[n].error is not None}
+    names = [n for n in names if n not in failed]
+    if not names:
+        raise RuntimeError(
+            "every editor failed: " + "; ".join(f"{n}: {e['error']}" for n, e in failed.items())
+        )
+    shared = next((done[n].shared for n in names if n != "ENN"), done[names[0]].shared)
+    results = {"methods": {n: done[n].entry for n in names}, **shared}
+    summaries = {n: done[n].summary for n in names if done[n].summary is not None}
     results.update(
-        model=model_info(model, base_model), meta_train=summaries, skipped_editors=skipped, **(extra or {}),
+        model=model_info(model, base_model), meta_train=summaries, skipped_editors=skipped,
+        failed_editors=failed, **(extra or {}),
         machine=machine_info(),
         config=asdict(config),
     )  # fmt: skip
@@ -541,6 +570,8 @@ def run_job(
         title="MEND beside the other editors on held-out edits",
     )
     say(results_table(results))
+    for name, err in failed.items():
+        say(f"{name} FAILED and is not in the report's methods: {err['error']}")
     return results
 
 
