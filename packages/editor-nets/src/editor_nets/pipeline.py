@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -495,7 +496,15 @@ def _run_tasks(task: _EditorTask, names: list[str], workers: int) -> list[_TaskR
     if workers <= 1 or len(names) <= 1:
         return [task(n) for n in names]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(dataclasses.replace(task, in_worker=True), names))
+        futures = {n: pool.submit(dataclasses.replace(task, in_worker=True), n) for n in names}
+        results = []
+        for name, future in futures.items():
+            try:
+                results.append(future.result())
+            except BrokenProcessPool as err:  # a worker died (killed, out of memory): not an exception in it
+                message = f"its worker process died ({err}); killed, or out of memory?"
+                results.append(_TaskResult(name, error={"error": message, "traceback": ""}))
+        return results
 
 
 def run_job(
