@@ -10,7 +10,9 @@ DD after 1, 10, 30, 100, 300, 1,000 edits in a row and batches of 10 and 100. Ea
 job's ``report.json`` / ``report.png`` under ``OUT/lifelong_<world>/``; this script adds
 ``OUT/lifelong.json`` and ``OUT/lifelong.png`` (the sequential curves of every method on every
 dataset) and prints a table. Baselines are measured in the same run: plain MEND, Ridge, the locate-then-edit editors and FT.
-This is hours of CPU on a 2-core machine; ``--edits 200`` gives a smaller version.
+This is hours of CPU on a 2-core machine; ``--edits 200`` gives a smaller version, and
+``--reuse-model`` skips the pre-training (a quarter of the time) when an earlier run of the same
+world left its model and data under ``OUT/lifelong_<world>/``.
 """
 
 from __future__ import annotations
@@ -70,6 +72,20 @@ def plot(summary: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def job_on_saved(run: Path, config) -> dict:
+    """The main job's editor part on the model and data an earlier run saved under ``run``."""
+    from edit_data import load_saved
+    from editor_nets.keystats import read_corpus
+    from editor_nets.models import load_model
+    from editor_nets.pipeline import run_job
+
+    model, tokenizer = load_model(run / "model")
+    splits = load_saved(run / "data")
+    print(f"reusing {run / 'model'} and {run / 'data'} ({ {k: len(v) for k, v in splits.items()} })")
+    corpus = read_corpus(run / "data" / "corpus.txt")
+    return run_job(model, tokenizer, splits, run, config, base_model=str(run / "model"), corpus=corpus)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -78,6 +94,9 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=1000)
     parser.add_argument("--editors", default=",".join(EDITORS), help="comma-separated registered editors")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--reuse-model", action="store_true", help="reuse OUT/lifelong_<world>/model and data when present"
+    )
     args = parser.parse_args()
     from editor_nets.pipeline import run_default_job
     from editor_nets.report import machine_info
@@ -85,9 +104,14 @@ def main() -> None:
     summary: dict = {"machine": machine_info(), "edits": args.edits, "worlds": {}}
     for world in args.world:
         start = time.perf_counter()
-        report = run_default_job(
-            args.out / f"lifelong_{world}", config_for(world, args.edits, tuple(args.editors.split(",")))
+        run, config = (
+            args.out / f"lifelong_{world}",
+            config_for(world, args.edits, tuple(args.editors.split(","))),
         )
+        if args.reuse_model and (run / "model" / "config.json").is_file() and (run / "data").is_dir():
+            report = job_on_saved(run, config)
+        else:
+            report = run_default_job(run, config)
         summary["worlds"][world] = {
             "n_test_edits": next(iter(report["methods"].values()))["n_edits"],
             "seconds": time.perf_counter() - start,
