@@ -142,3 +142,26 @@ def test_validate_editor_restores_the_editors_mode_when_it_raises(setup):
     with pytest.raises(ValueError, match="empty target"):
         validate_editor(editor, model, tok, [bad])
     assert all(m.training for m in editor.modules())
+
+
+def test_selection_never_keeps_an_editor_below_the_edit_success_floor(setup, tmp_path, monkeypatch):
+    """A checkpoint that misses its own edit prompts loses to one that hits them, however low its
+    drawdown (the drawdown term alone once picked a step with validation edit success 0.075)."""
+    import editor_nets.train as train_module
+
+    model, tok, splits = setup
+    timid = {"es_edit": 0.5, "es_rephrase": 0.9, "dd_locality": 0.0}  # score 1.15, below the floor
+    bold = {"es_edit": 0.95, "es_rephrase": 0.9, "dd_locality": 0.1}  # score 0.875
+    bolder = {"es_edit": 1.0, "es_rephrase": 0.9, "dd_locality": 0.2}  # above the floor, score 0.4
+    assert train_module._score(timid) > train_module._score(bold) > train_module._score(bolder)
+    seen = iter([timid, bold, bolder])
+    monkeypatch.setattr(train_module, "validate_editor", lambda *a, **k: dict(next(seen)))
+    config = MetaTrainConfig(steps=3, grad_accum=1, val_every=1, val_edits=2, patience=10, val_sequential=0)
+    editor = MendEditor.for_model(model, MendConfig(rank=8))
+    summary = meta_train(editor, model, tok, splits["train"], splits["validation"], config, tmp_path)
+    assert summary["best_validation"] == bold
+    # and a checkpoint below the floor is kept only while nothing better has been seen
+    seen = iter([{"es_edit": 0.3, "es_rephrase": 1.0, "dd_locality": 0.0}, timid])
+    summary = meta_train(editor, model, tok, splits["train"], splits["validation"],
+                         dataclasses.replace(config, steps=2), tmp_path / "again")  # fmt: skip
+    assert summary["best_validation"] == timid
