@@ -89,8 +89,21 @@ def test_memory_edits_are_served_rolled_back_and_replayed_exactly(
     try:
         assert service.health(with_digest=True).weights_sha256 == digest2
         service.rollback(edit_id=one.edit_id)
-        assert service.generate(first.prompt, GREEDY).text == base[first.prompt]  # back to the base answer
+        # the remaining entries stay as stored (their values were fitted with the first entry in
+        # place) and may still reach the first prompt's later tokens, so its text need not be the
+        # base text (on one machine a remaining key lies within radius of a generated token):
+        # the first edit's answer is gone, and the text is the library's under the remaining table
+        text = service.generate(first.prompt, GREEDY).text
+        assert not text.strip().startswith(first.target)
+        assert text == _library_greedy(service, first.prompt, 4)
         assert len(service.editor.entries) == 2
+        after_rollback = service.health(with_digest=True).weights_sha256
+    finally:
+        service.close()
+    service = serve_dirs(root / "model", editor_dir, tmp_path / "journal")  # replay without the first
+    try:
+        assert service.health(with_digest=True).weights_sha256 == after_rollback
+        assert service.generate(first.prompt, GREEDY).text == text
         service.rollback(to_version=0)
         assert service.health(with_digest=True).weights_sha256 == digest0
         assert {r.prompt: service.generate(r.prompt, GREEDY).text for r in (first, second, third)} == base
