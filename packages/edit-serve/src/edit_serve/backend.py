@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -96,10 +95,22 @@ def _unwrap(reply: tuple) -> Any:
 
 
 class RayBackend:
-    """The deployment behind a Ray Serve ``DeploymentHandle`` (see ``edit_serve.deployment``)."""
+    """The deployment behind a Ray Serve ``DeploymentHandle`` (see ``edit_serve.deployment``), or
+    behind the Serve application named ``app``, whose handle is looked up at the first call that
+    finds the application deployed (a leader's front is up before its followers are)."""
 
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
+    def __init__(self, handle: Any = None, *, app: str | None = None) -> None:
+        if (handle is None) == (app is None):
+            raise ValueError("RayBackend needs a handle or an application name, not both")
+        self._handle, self.app = handle, app
+
+    @property
+    def handle(self) -> Any:
+        if self._handle is None:
+            from ray import serve
+
+            self._handle = serve.get_app_handle(self.app)  # raises while the app is not deployed
+        return self._handle
 
     async def call(self, method: str, **kwargs: Any) -> Any:
         return _unwrap(await self.handle.call.remote(method, kwargs))
@@ -123,24 +134,19 @@ def serving(*services: EditService, **front: Any) -> Iterator[int]:
     Several services are replicas (``edit_serve.replicas.ReplicaSet``): the first is the leader,
     the others follow its journal read-only. On exit the front stops and the backends' threads
     are joined (the services stay open)."""
-    from edit_serve.front import start_grpc_server
+    from edit_serve.front import start_front
     from edit_serve.replicas import ReplicaSet
 
     front.setdefault("port", 0)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True, name="edit-serve-front")
-    thread.start()
     backends = [LocalBackend(s) for s in services]
     backend = backends[0] if len(backends) == 1 else ReplicaSet(backends)
     try:
-        server, port = asyncio.run_coroutine_threadsafe(start_grpc_server(backend, **front), loop).result(30)
+        running = start_front(backend, **front)
         try:
-            yield port
+            yield running.port
         finally:
-            asyncio.run_coroutine_threadsafe(server.stop(grace=0.5), loop).result(30)
+            running.stop(grace=0.5)
     finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
         for b in backends:
             for pool in (b.writes, b.generations, b.queries):
                 pool.shutdown(wait=True)

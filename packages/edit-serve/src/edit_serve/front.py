@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from edit_serve.proto import modeledit_pb2 as pb
 from edit_serve.requests import EditItem, SamplingParams, ServeError, ServeLimits
 from edit_serve.results import EditInfo
 
-__all__ = ["SERVICE_NAME", "ModelEditServicer", "start_grpc_server"]
+__all__ = ["SERVICE_NAME", "BackgroundFront", "ModelEditServicer", "start_front", "start_grpc_server"]
 
 SERVICE_NAME = "modeledit.v1.ModelEditService"
 log = logging.getLogger("edit_serve")
@@ -249,3 +251,38 @@ async def start_grpc_server(
         raise RuntimeError(f"cannot listen on {address}")
     await server.start()
     return server, bound
+
+
+@dataclass
+class BackgroundFront:
+    """The front serving from its own event loop in a daemon thread (:func:`start_front`)."""
+
+    port: int
+    server: grpc.aio.Server
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop answering (in-flight calls get ``grace`` seconds), then end the loop and its thread."""
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.server.stop(grace=grace), self.loop).result(30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(30)
+
+
+def start_front(backend: Any, **options: Any) -> BackgroundFront:
+    """:func:`start_grpc_server` (``options`` are its keywords) on a new event loop in a daemon
+    thread, so that a synchronous caller (a Ray Serve replica's constructor, a test) can serve;
+    raises what starting raised, with the thread ended."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True, name="edit-serve-front")
+    thread.start()
+    try:
+        server, port = asyncio.run_coroutine_threadsafe(start_grpc_server(backend, **options), loop).result(
+            60
+        )
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        raise
+    return BackgroundFront(port, server, loop, thread)
