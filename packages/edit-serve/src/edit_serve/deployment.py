@@ -19,12 +19,17 @@ The front runs inside the leader replica's process, over its ``LocalBackend``: a
 single replica reaches the decode loop without a Ray hop (with the front in the driver process,
 one Serve handle call per Generate, one client got 0.79 of in-process throughput over gRPC;
 0.85 from inside the replica, same machine and script). Followers are reached through their
-applications' handles. A leader that Serve restarts starts its front again on the same port.
+applications' handles. The leader starts its front once every replica is deployed (it would
+otherwise answer while followers are still loading, which the first benchmark run did); a leader
+that Serve restarts starts it at once, on the same port (``port=0`` is resolved to a free port
+before deploying). A killed leader takes the front with it until Serve has restarted it
+(tested: the same address answers again, the journal replayed).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,7 +104,16 @@ class EditServeDeployment:
         limits = ServeLimits(**settings.pop("limits"))
         self.settings = SidecarSettings(**settings, limits=limits)
         self.backend = LocalBackend(_build_service(self.settings, follower))
-        self.front = None if follower else self._start_front()
+        self.front = None
+        if not follower and (self.settings.replicas == 1 or _deployed(replica_app(1))):
+            self.front = self._start_front()  # one replica, or a leader that Serve restarted
+
+    def start_front(self) -> int:
+        """The leader's front, started once every replica is deployed (``start_sidecar`` calls
+        this; before, the front would answer while followers are still loading); its port."""
+        if self.front is None:
+            self.front = self._start_front()
+        return self.front.port
 
     def _start_front(self):
         """The leader's gRPC front, in this process: reads of a single replica reach the model
@@ -123,10 +137,6 @@ class EditServeDeployment:
         except BaseException:
             self.backend.close()
             raise
-
-    def front_port(self) -> int | None:
-        """The port the leader's front listens on (``None`` on a follower)."""
-        return None if self.front is None else self.front.port
 
     def stop_front(self) -> None:
         """Stop the front (in-flight calls get a second) before the replica goes away."""
@@ -174,6 +184,28 @@ def _format_address(host: str, port: int) -> str:
 def replica_app(i: int) -> str:
     """The Serve application of replica ``i`` (0 leads)."""
     return APP_NAME if i == 0 else f"{APP_NAME}-replica-{i}"
+
+
+def _free_port(host: str) -> int:
+    """A port free on ``host`` now (``RuntimeError`` when ``host`` cannot be bound)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family) as sock:
+            sock.bind((host.strip("[]"), 0))
+            return sock.getsockname()[1]
+    except OSError as err:
+        raise RuntimeError(f"cannot listen on {host}: {err}") from err
+
+
+def _deployed(app: str) -> bool:
+    """Whether Serve knows the application ``app``."""
+    from ray import serve
+
+    try:
+        serve.get_app_handle(app)
+    except Exception:  # RayServeException: no such application
+        return False
+    return True
 
 
 @dataclass
@@ -228,6 +260,8 @@ def start_sidecar(settings: SidecarSettings) -> RunningSidecar:
     )
     if settings.replicas < 1:
         raise ValueError(f"replicas={settings.replicas}: at least one is needed")
+    if settings.port == 0:  # a leader that Serve restarts listens again on the same port
+        settings = replace(settings, port=_free_port(settings.host))
     if not ray.is_initialized():
         ray.init(
             address="local",
@@ -253,7 +287,7 @@ def start_sidecar(settings: SidecarSettings) -> RunningSidecar:
         for i in range(settings.replicas):  # the leader first: it takes the journal's LOCK
             app = deployment.bind(asdict(settings), follower=i > 0)
             handles.append(serve.run(app, name=replica_app(i), route_prefix=None))
-        port = handles[0].front_port.remote().result()
+        port = handles[0].start_front.remote().result()
     except Exception as err:
         serve.shutdown()
         ray.shutdown()
