@@ -16,9 +16,10 @@ refusal to a precise status code. Serve's HTTP proxy is disabled too
 (``proxy_location="Disabled"``), so the front is the only listener.
 
 The front runs inside the leader replica's process, over its ``LocalBackend``: a read of a
-single replica reaches the decode loop without a Ray hop (with the front in the driver process,
-one Serve handle call per Generate, one client got 0.79 of in-process throughput over gRPC;
-0.85 from inside the replica, same machine and script). Followers are reached through their
+single replica reaches the decode loop without a Ray hop (``bench/serve_load.py``, one client
+over gRPC against in-process, same machine and day: 0.80 and 0.83 with the front in the driver
+process, one Serve handle call per Generate; 0.89 to 0.93 from inside the replica, median 0.91
+of four runs). Followers are reached through their
 applications' handles. The leader starts its front once every replica is deployed (it would
 otherwise answer while followers are still loading, which the first benchmark run did); a leader
 that Serve restarts starts it at once, on the same port (``port=0`` is resolved to a free port
