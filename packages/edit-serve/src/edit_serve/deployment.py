@@ -19,12 +19,12 @@ The front runs inside the leader replica's process, over its ``LocalBackend``: a
 single replica reaches the decode loop without a Ray hop (``bench/serve_load.py``, one client
 over gRPC against in-process, same machine and day: 0.80 and 0.83 with the front in the driver
 process, one Serve handle call per Generate; 0.89 to 0.93 from inside the replica, median 0.91
-of four runs). Followers are reached through their
-applications' handles. The leader starts its front once every replica is deployed (it would
-otherwise answer while followers are still loading, which the first benchmark run did); a leader
-that Serve restarts starts it at once, on the same port (``port=0`` is resolved to a free port
-before deploying). A killed leader takes the front with it until Serve has restarted it
-(tested: the same address answers again, the journal replayed).
+of four runs). Followers are reached through their applications' handles. The leader starts
+its front once every replica is deployed (it would otherwise answer while followers are still
+loading, which the first benchmark run did); a leader that Serve restarts starts it at once, on
+the same port (``port=0`` is resolved to a free port before deploying). A killed leader takes
+the front with it until Serve has restarted it (tested: the same address answers again, the
+journal replayed).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class EditServeDeployment:
 
     def _start_front(self):
         """The leader's gRPC front, in this process: reads of a single replica reach the model
-        without a Ray hop (one Serve handle call per Generate cost a fifth of one client's
+        without a Ray hop (one Serve handle call per Generate cost about a tenth of one client's
         throughput). With followers, the front's backend is a ``ReplicaSet`` of this replica and
         the followers' applications, looked up once they are deployed."""
         from edit_serve.backend import RayBackend
@@ -145,9 +145,8 @@ class EditServeDeployment:
             self.front.stop(grace=1.0)
 
     def __del__(self) -> None:  # Serve calls it when it shuts the replica down
-        front = getattr(self, "front", None)
-        if front is not None:
-            front.stop(grace=1.0)
+        if hasattr(self, "front"):  # not when the constructor failed early
+            self.stop_front()
 
     async def call(self, method: str, kwargs: dict) -> tuple:
         try:
