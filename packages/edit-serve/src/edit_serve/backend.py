@@ -1,5 +1,6 @@
 """How the gRPC front reaches an ``EditService``: in-process (``LocalBackend``) or through a Ray
-Serve deployment handle (``RayBackend``). Both offer the same two async calls:
+Serve application's deployment handle (``RayBackend``, the leader's way to its followers). Both
+offer the same two async calls:
 
 - ``await backend.call(method, **kwargs)`` -> the service method's result (``ServeError`` on refusal)
 - ``async for step, version in backend.stream(**kwargs)`` -> ``GenerateStream`` pieces
@@ -95,14 +96,13 @@ def _unwrap(reply: tuple) -> Any:
 
 
 class RayBackend:
-    """The deployment behind a Ray Serve ``DeploymentHandle`` (see ``edit_serve.deployment``), or
-    behind the Serve application named ``app``, whose handle is looked up at the first call that
-    finds the application deployed (a leader's front is up before its followers are)."""
+    """The deployment of the Ray Serve application named ``app`` (see ``edit_serve.deployment``),
+    through its ``DeploymentHandle``, looked up at the first call that finds the application
+    deployed (a restarted leader's front can be up before its followers are)."""
 
-    def __init__(self, handle: Any = None, *, app: str | None = None) -> None:
-        if (handle is None) == (app is None):
-            raise ValueError("RayBackend needs a handle or an application name, not both")
-        self._handle, self.app = handle, app
+    def __init__(self, app: str) -> None:
+        self.app = app
+        self._handle: Any = None
 
     @property
     def handle(self) -> Any:

@@ -128,7 +128,7 @@ class EditServeDeployment:
         s = self.settings
         backend = self.backend
         if s.replicas > 1:
-            followers = [RayBackend(app=replica_app(i)) for i in range(1, s.replicas)]
+            followers = [RayBackend(replica_app(i)) for i in range(1, s.replicas)]
             backend = ReplicaSet([backend, *followers], sync_timeout_s=s.sync_timeout_s)
         try:
             return start_front(
