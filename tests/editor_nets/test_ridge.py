@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 pytest.importorskip("transformers")
 
@@ -99,6 +100,26 @@ def test_key_memory_is_rebuilt_from_stored_keys():
     assert memory.fresh().n_edits == 0 and memory.fresh().preserved is preserved
     prior = memory.prior("l", 2.0, torch.device("cpu"))
     torch.testing.assert_close(prior, memory.edits["l"] + 2.0 * torch.eye(8))
+    weighted = memory.prior("l", 2.0, torch.device("cpu"), beta=30.0)
+    torch.testing.assert_close(weighted, 30.0 * memory.edits["l"] + 2.0 * torch.eye(8))
+
+
+def test_a_heavier_weight_of_earlier_edits_moves_their_outputs_less():
+    g = torch.Generator().manual_seed(4)
+    earlier = torch.randn(6, 16, generator=g)
+    memory = KeyMemory().with_edit(
+        EditDelta({"l": ridge_update(earlier, torch.randn(6, 3, generator=g), None, 0.1)})
+    )
+    keys = earlier[:2] + 0.5 * torch.randn(2, 16, generator=g)  # a new edit close to two earlier ones
+    values = torch.randn(2, 3, generator=g)
+    moved = [
+        (
+            _dense(ridge_update(keys, values, memory.prior("l", 1.0, keys.device, beta), 1e-2))
+            @ earlier.double().T
+        ).norm()
+        for beta in (1.0, 30.0, 1000.0)
+    ]
+    assert moved[0] > moved[1] > moved[2]
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +255,15 @@ def test_ridge_mend_checkpoint_and_live_sequence_training(trained, tmp_path):
     assert not changed(model, before) and editor.memory.n_edits == 0  # the live sequence was undone
     loaded = MendEditor.from_pretrained(tmp_path, model=model)
     assert loaded.config.aggregation == "ridge" and loaded.config.edit_steps == 3
+    assert torch.equal(loaded.log_beta, editor.log_beta)
+    # a checkpoint saved before the earlier edits' weight was learned loads with its starting value
+    state = load_file(str(tmp_path / "editor.safetensors"))
+    del state["log_beta"]
+    save_file(state, str(tmp_path / "editor.safetensors"))
+    old = MendEditor.from_pretrained(tmp_path, model=model)
+    assert torch.equal(old.log_beta, torch.zeros_like(old.log_beta)) and torch.equal(
+        old.log_gamma, editor.log_gamma
+    )
     assert torch.equal(loaded.memory.preserved[editor.targets[0]], editor.memory.preserved[editor.targets[0]])
     random.seed(0)
     snapshot = loaded.edit(model, tok, world.records[50:51])

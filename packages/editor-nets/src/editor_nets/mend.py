@@ -70,8 +70,8 @@ class MendConfig:
     ``aggregation`` is how the rows become an update: ``"sum"`` (the paper: ``-alpha sum_i
     delta~_i u~_i^T``) or ``"ridge"`` (the lifelong editor: value changes ``-alpha delta~_i`` at
     the real keys ``u_i``, solved by ``editor_nets.ridge.ridge_update`` against the editor's key
-    memory, with a learned log-ridge and log-weight of the preserved keys per layer, starting at
-    ``ridge_init`` and ``gamma_init``). With ridge aggregation an edit can be made in up to
+    memory, with a learned log-ridge, log-weight of the preserved keys and log-weight of the
+    earlier edits' keys per layer, starting at ``ridge_init``, ``gamma_init`` and ``beta_init``). With ridge aggregation an edit can be made in up to
     ``edit_steps`` steps of ``step_scale`` times the learned update, each on the model as updated
     so far, stopping once the targets are hit and, with ``stop_nll``, each target's mean token NLL
     is below it (a margin, so that rephrasings and later edits do not undo a just-made edit;
@@ -86,6 +86,7 @@ class MendConfig:
     aggregation: str = "sum"
     ridge_init: float = 1e-2
     gamma_init: float = 3000.0
+    beta_init: float = 1.0
     edit_steps: int = 1
     step_scale: float = 1.0
     stop_nll: float | None = None
@@ -323,6 +324,7 @@ class MendEditor(nn.Module):
         if config.aggregation == "ridge":
             self.log_ridge = nn.Parameter(torch.full((len(spec.targets),), math.log(config.ridge_init)))
             self.log_gamma = nn.Parameter(torch.full((len(spec.targets),), math.log(config.gamma_init)))
+            self.log_beta = nn.Parameter(torch.full((len(spec.targets),), math.log(config.beta_init)))
             for i, t in enumerate(spec.targets):  # C_0 of each layer, set by set_preserved
                 self.register_buffer(f"preserved_{i}", torch.zeros(spec.shapes[t][1], spec.shapes[t][1]))
             self.start()
@@ -379,12 +381,12 @@ class MendEditor(nn.Module):
                 layers[name] = LayerDelta(u_t, d_t, self.alpha[i])
             else:
                 ridge, values = self.log_ridge[i].exp(), -self.alpha[i] * d_t
-                gamma = self.log_gamma[i].exp()
+                gamma, beta = self.log_gamma[i].exp(), self.log_beta[i].exp()
                 if systems is None:  # one differentiable solve (meta-training)
-                    layers[name] = ridge_update(u, values, memory.prior(name, gamma, u.device), ridge)
+                    layers[name] = ridge_update(u, values, memory.prior(name, gamma, u.device, beta), ridge)
                 else:
                     if name not in systems:
-                        prior = memory.prior(name, gamma, u.device)
+                        prior = memory.prior(name, gamma, u.device, beta)
                         systems[name] = RidgeSystem.of(prior, ridge, u.shape[1], u.device)
                     layers[name] = systems[name].update(u, values)
         return EditDelta(layers)
@@ -509,7 +511,10 @@ class MendEditor(nn.Module):
             if unknown:
                 raise ValueError(f"{cfg_file}: unknown field(s) {unknown} in {key!r}")
         editor = cls(MendConfig(**raw["editor"]), ModelSpec(**raw["model"]))
-        missing, unexpected = editor.load_state_dict(load_file(str(weights)), strict=False)
+        state = load_file(str(weights))
+        if hasattr(editor, "log_beta"):  # saved before the weight of earlier edits was learned: its start
+            state.setdefault("log_beta", editor.log_beta.detach().clone())
+        missing, unexpected = editor.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{weights}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
         editor.eval()

@@ -6,8 +6,8 @@ value changes ``D`` ``[n, d_out]`` (how each token's layer output should move) g
     dW = D^T U (U^T U + P + lam I)^-1                                   [d_out, d_in]
 
 the minimiser of ``||dW U^T - D^T||^2 + tr(dW P dW^T) + lam ||dW||^2``. The protection ``P`` is
-``K_e^T K_e`` over the keys of the earlier edits (their outputs stay: ``dW K_e^T ~ 0``, AlphaEdit)
-plus ``gamma * C_0``, ``C_0`` the mean ``k k^T`` over preserved text (ordinary inputs keep their
+``beta * K_e^T K_e`` over the keys of the earlier edits (their outputs stay: ``dW K_e^T ~ 0``,
+AlphaEdit; ``beta`` > 1 holds them more firmly than the new edit's own keys) plus ``gamma * C_0``, ``C_0`` the mean ``k k^T`` over preserved text (ordinary inputs keep their
 outputs, MEMIT). The update has rank at most ``n`` and is stored as factors: ``u = U A^-1``,
 ``delta = -D``, ``alpha = 1`` (``A`` is symmetric), with the keys kept beside them.
 
@@ -127,11 +127,14 @@ class KeyMemory:
             memory = memory.with_edit(delta)
         return memory
 
-    def prior(self, name: str, gamma: Tensor | float, device: torch.device) -> Tensor | None:
-        """``P = edits + gamma * C_0`` for one layer (``None`` when the memory holds nothing for it)."""
+    def prior(
+        self, name: str, gamma: Tensor | float, device: torch.device, beta: Tensor | float = 1.0
+    ) -> Tensor | None:
+        """``P = beta * edits + gamma * C_0`` for one layer (``None`` when the memory holds nothing
+        for it); ``beta`` weighs the earlier edits' keys against the new edit's own."""
         parts = []
         if name in self.edits:
-            parts.append(self.edits[name].to(device))
+            parts.append(beta * self.edits[name].to(device))
         if name in self.preserved:
             parts.append(gamma * self.preserved[name].to(device))
         return sum(parts[1:], parts[0]) if parts else None
