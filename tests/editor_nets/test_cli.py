@@ -133,12 +133,18 @@ def test_eval_command(quick_run, tmp_path):
     result = runner.invoke(
         eval_app,
         ["--editor", str(out / "lifelong"), "--data", str(out / "data"), "--modes", "single",
-         "--lifelong", "1,2", "--lifelong-batches", "2", "--out", str(tmp_path)],
+         "--lifelong", "1,2", "--lifelong-batches", "2", "--lifelong-orders", "3", "--out", str(tmp_path)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output + repr(result.exception)
     lifelong = json.loads((tmp_path / "report.json").read_text())["methods"]["LifelongMEND"]["lifelong"]
     assert [p["n_edits"] for p in lifelong["sequential"]] == [1, 2]
     assert [p["batch_size"] for p in lifelong["batched"]] == [2]
+    # three orders of the same edits: the split's first, their mean per checkpoint
+    orders = lifelong["orders"]
+    assert len(orders) == 3 and orders[0] == lifelong["sequential"]
+    for i, point in enumerate(lifelong["sequential_mean"]):
+        assert point["n_edits"] == orders[0][i]["n_edits"]
+        assert point["es_edit"] == pytest.approx(sum(o[i]["es_edit"] for o in orders) / 3)
     result = runner.invoke(
         eval_app, ["--editor", str(out / "editor"), "--data", str(out / "data"), "--lifelong", "1,ten"]
     )

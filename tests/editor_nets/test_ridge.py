@@ -3,6 +3,7 @@ training-free ridge editor and MEND with ridge aggregation (the lifelong editor)
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -23,13 +24,14 @@ from editor_nets import (
     score_targets,
 )
 from editor_nets.baselines import preserved_texts
-from editor_nets.delta import applied
+from editor_nets.delta import LayerDelta, applied
 from editor_nets.mend import edit_factors
 from editor_nets.models import output_projections
 from editor_nets.ridge import (
     KeyMemory,
     RidgeEditor,
     RidgeSystem,
+    broken_answers,
     preserved_moments,
     ridge_update,
     stepwise_edit,
@@ -268,3 +270,61 @@ def test_ridge_mend_checkpoint_and_live_sequence_training(trained, tmp_path):
     random.seed(0)
     snapshot = loaded.edit(model, tok, world.records[50:51])
     assert loaded.memory.n_edits == 1 and snapshot
+
+
+def test_the_memory_keeps_the_answers_of_the_edits_it_was_built_from():
+    g = torch.Generator().manual_seed(5)
+
+    def made(prompt: str, target: str) -> EditDelta:
+        layer = ridge_update(torch.randn(2, 8, generator=g), torch.randn(2, 4, generator=g), None, 0.1)
+        return EditDelta({"l": layer}, {"records": json.dumps([{"prompt": prompt, "target": target}])})
+
+    a, b, c = (
+        made("Where was A born?", "Paris"),
+        made("Where was B born?", "Rome"),
+        made("Where was C born?", "Oslo"),
+    )
+    memory = KeyMemory().with_edit(a).with_edit(b).with_edit(c)
+    assert memory.answers == (("Where was A born?", "Paris"), ("Where was B born?", "Rome"), ("Where was C born?", "Oslo"))  # fmt: skip
+    # rolling back b: the memory of the remaining edits holds only their answers
+    assert KeyMemory.of([a, c]).answers == (("Where was A born?", "Paris"), ("Where was C born?", "Oslo"))
+    assert (
+        memory.fresh().answers == () and KeyMemory().with_edit(EditDelta({"l": a.layers["l"]})).answers == ()
+    )
+
+
+def test_broken_answers_finds_the_earlier_edits_an_update_undoes(trained):
+    model, tok, world = trained
+    record, other = _missed(model, tok, world)[:2]
+    delta = stepwise_edit(model, tok, [record], output_projections(model), _ridge_step(lr=4.0), 40, {}, None)
+    undo = EditDelta({n: LayerDelta(x.u, x.delta, -x.alpha, x.keys) for n, x in delta.layers.items()})
+    before = param_state(model)
+    with applied(model, delta):  # the edit is in the model: undoing it breaks its answer, and only it
+        answers = [(record.prompt, record.target), (other.prompt, other.target)]
+        assert broken_answers(model, tok, undo, answers) == [0]
+        assert broken_answers(model, tok, delta, answers) == []  # pushing further breaks nothing
+    assert not changed(model, before)
+
+
+def test_an_edit_with_repair_makes_the_answers_it_breaks_again(trained, monkeypatch):
+    model, tok, world = trained
+    first, second = _missed(model, tok, world)[:2]
+    config = MendConfig(rank=8, alpha_init=4.0, aggregation="ridge", edit_steps=40, step_scale=1.0, repair=True,
+                        gamma_init=10.0)  # fmt: skip
+    editor = MendEditor.for_model(model, config)
+    memory = KeyMemory(answers=((first.prompt, first.target),))
+    calls = []
+
+    def breaks_the_first(model, tokenizer, delta, answers):
+        calls.append(list(answers))
+        return [0]
+
+    monkeypatch.setattr("editor_nets.mend.broken_answers", breaks_the_first)
+    delta = editor.compute_delta(model, tok, [second], memory)
+    assert calls == [[(first.prompt, first.target)]]
+    assert json.loads(delta.provenance["repaired"]) == [[first.prompt, first.target]]
+    assert [r["prompt"] for r in json.loads(delta.provenance["records"])] == [second.prompt]  # as asked
+    with applied(model, delta):  # made together: both answers hold
+        assert bool(score_targets(model, tok, [first.prompt, second.prompt], [first.target, second.target]).exact.all())  # fmt: skip
+    editor.config.repair = False
+    assert "repaired" not in editor.compute_delta(model, tok, [second], memory).provenance

@@ -203,6 +203,11 @@ def evaluate(
     lifelong_batches: str = typer.Option(
         None, help="Lifelong curve: batch sizes of one-call edits, e.g. 10,100."
     ),
+    lifelong_orders: int = typer.Option(
+        1,
+        min=1,
+        help="Lifelong curve: orders of the edits to measure it in (the split's, then shuffles); report.json gets their mean.",
+    ),
     out: Path = typer.Option(None, help="Write report.json/report.png here."),
     corpus: str = typer.Option(
         None,
@@ -259,6 +264,7 @@ def evaluate(
             batch_size=batch_size,
             lifelong_checkpoints=counts["--lifelong"],
             lifelong_batches=counts["--lifelong-batches"],
+            lifelong_orders=lifelong_orders,
         )
     except (KeyError, ValueError) as err:
         raise _fail(str(err).strip("'\"")) from None

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import statistics
 import time
 import warnings
@@ -306,6 +307,7 @@ def lifelong_curves(
     *,
     checkpoints: Sequence[int] = (1, 10, 30, 100),
     batch_sizes: Sequence[int] = (10, 100),
+    orders: int = 1,
     pre: Sequence[RecordScores] | None = None,
     score_batch_size: int = 32,
     progress: bool = True,
@@ -315,7 +317,13 @@ def lifelong_curves(
     """Many edits on one model. ``sequential``: ``records`` edited one after another without
     restoring; after ``k`` edits (each of ``checkpoints`` up to ``len(records)``) ES on all ``k``
     edits so far (edit prompts and rephrasings) and DD over all their locality prompts.
-    ``batched``: the first ``b`` records in one call. The model is restored afterwards."""
+    ``batched``: the first ``b`` records in one call. The model is restored afterwards.
+
+    With ``orders`` > 1 the sequential curve is also measured on ``orders - 1`` shuffles of
+    ``records`` (``random.Random(i)``, ``i = 1, 2, ...``): one order's figures at 100 edits vary by
+    0.1-0.2 of ES with which edits come first, so comparisons need several. ``sequential`` stays
+    the given order's curve; ``orders`` lists every order's and ``sequential_mean`` their mean
+    per checkpoint."""
     name = name or getattr(editor, "name", type(editor).__name__)
     started = time.perf_counter()
     kind = model_kind(model)
@@ -323,32 +331,48 @@ def lifelong_curves(
     checkpoints = sorted({k for k in checkpoints if 0 < k <= len(records)})
     out: dict[str, Any] = {"sequential": [], "batched": []}
 
-    def scored(k: int, tally: _Tally) -> dict[str, Any]:
-        after = score_records(model, tokenizer, records[:k], kind=kind, batch_size=score_batch_size)
-        in_scope = in_scope_prompts(records[:k])
-        for i, scores in enumerate(after):
-            tally.add(pre[i], scores, in_scope)
+    def scored(chosen: Sequence[Any], chosen_pre: Sequence[RecordScores], tally: _Tally) -> dict[str, Any]:
+        after = score_records(model, tokenizer, chosen, kind=kind, batch_size=score_batch_size)
+        in_scope = in_scope_prompts(chosen)
+        for before, scores in zip(chosen_pre, after, strict=True):
+            tally.add(before, scores, in_scope)
         summary = tally.summary()
         return {key: summary[key] for key in LIFELONG_METRICS}
 
+    def sequential(order: list[int], label: str) -> list[dict[str, Any]]:
+        curve, tally = [], _Tally()
+        _start(editor)
+        with restoring(model) as keep, tqdm(total=checkpoints[-1], desc=label, disable=not progress, unit="edit") as bar:  # fmt: skip
+            for i, j in enumerate(order[: checkpoints[-1]]):
+                keep(_timed_edit(editor, model, tokenizer, [records[j]], tally, on_edit_error))
+                bar.update(1)
+                if i + 1 in checkpoints:
+                    done = order[: i + 1]
+                    point = scored([records[j] for j in done], [pre[j] for j in done], _Tally(failures=list(tally.failures)))  # fmt: skip
+                    curve.append({"n_edits": i + 1, **point})
+                    bar.set_postfix(es=f"{point['es_edit']:.2f}", dd=f"{point['dd_locality']:.3f}")
+        return curve
+
     with eval_mode(model), _attached(editor, model):
         if checkpoints:
-            tally = _Tally()
-            _start(editor)
-            with restoring(model) as keep, tqdm(total=checkpoints[-1], desc=f"{name} lifelong", disable=not progress, unit="edit") as bar:  # fmt: skip
-                for i, record in enumerate(records[: checkpoints[-1]]):
-                    keep(_timed_edit(editor, model, tokenizer, [record], tally, on_edit_error))
-                    bar.update(1)
-                    if i + 1 in checkpoints:
-                        point = scored(i + 1, _Tally(failures=list(tally.failures)))
-                        out["sequential"].append({"n_edits": i + 1, **point})
-                        bar.set_postfix(es=f"{point['es_edit']:.2f}", dd=f"{point['dd_locality']:.3f}")
+            curves = [sequential(list(range(len(records))), f"{name} lifelong")]
+            for o in range(1, orders):
+                shuffled = list(range(len(records)))
+                random.Random(o).shuffle(shuffled)
+                curves.append(sequential(shuffled, f"{name} lifelong, order {o + 1}/{orders}"))
+            out["sequential"] = curves[0]
+            if orders > 1:
+                out["orders"] = curves
+                out["sequential_mean"] = [
+                    {"n_edits": points[0]["n_edits"], **{m: _mean([p[m] for p in points if p[m] is not None]) for m in LIFELONG_METRICS}}
+                    for points in zip(*curves, strict=True)
+                ]  # fmt: skip
         for b in sorted({b for b in batch_sizes if 0 < b <= len(records)}):
             tally = _Tally()
             _start(editor)
             with restoring(model) as keep:
                 keep(_timed_edit(editor, model, tokenizer, list(records[:b]), tally, on_edit_error))
-                out["batched"].append({"batch_size": b, **scored(b, tally)})
+                out["batched"].append({"batch_size": b, **scored(records[:b], pre[:b], tally)})
     _start(editor)
     out["seconds"] = time.perf_counter() - started
     return out
@@ -479,6 +503,7 @@ def evaluate_editors(
     on_edit_error: str = "count",
     lifelong_checkpoints: Sequence[int] = (),
     lifelong_batches: Sequence[int] = (),
+    lifelong_orders: int = 1,
 ) -> dict[str, Any]:
     """Evaluate several editors on the same records and return the ``report.json`` shape::
 
@@ -493,7 +518,7 @@ def evaluate_editors(
     the sequential mode. ``on_result(method, mode, summary)`` is called after each run. With
     ``lifelong_checkpoints`` / ``lifelong_batches`` each method also gets ``lifelong``
     (:func:`lifelong_curves`: ``{"sequential": [{"n_edits", "es_edit", "es_rephrase",
-    "dd_locality", ...}], "batched": [{"batch_size", ...}]}``).
+    "dd_locality", ...}], "batched": [{"batch_size", ...}]}``, over ``lifelong_orders`` orders).
     """
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -532,7 +557,7 @@ def evaluate_editors(
         if lifelong_checkpoints or lifelong_batches:
             entry["lifelong"] = lifelong_curves(
                 model, tokenizer, editor, records, checkpoints=lifelong_checkpoints, batch_sizes=lifelong_batches,
-                pre=pre, score_batch_size=score_batch_size, progress=progress, name=method, on_edit_error=on_edit_error,
+                orders=lifelong_orders, pre=pre, score_batch_size=score_batch_size, progress=progress, name=method, on_edit_error=on_edit_error,
             )  # fmt: skip
             if on_result is not None:
                 on_result(method, "lifelong", entry["lifelong"])
@@ -554,6 +579,7 @@ def evaluate_editors(
             "n_sequential": n_sequential,
             "lifelong_checkpoints": list(lifelong_checkpoints),
             "lifelong_batches": list(lifelong_batches),
+            "lifelong_orders": lifelong_orders,
             "model_kind": model_kind(model),
             "es_definition": "teacher-forced argmax exact match of all target tokens",
         },

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from editor_nets.delta import EditDelta, LayerDelta, apply_delta
 from editor_nets.models import default_targets, model_kind, output_projections
-from editor_nets.ridge import KeyMemory, RidgeSystem, ridge_update, stepwise_edit
+from editor_nets.ridge import KeyMemory, RidgeSystem, broken_answers, ridge_update, stepwise_edit
 from editor_nets.scoring import edit_batch, target_nll
 from editor_nets.state import WeightSnapshot, eval_mode, weights_digest
 from graddecomp import Factors, capture, layer_shape, resolve_targets
@@ -75,7 +75,9 @@ class MendConfig:
     ``edit_steps`` steps of ``step_scale`` times the learned update, each on the model as updated
     so far, stopping once the targets are hit and, with ``stop_nll``, each target's mean token NLL
     is below it (a margin, so that rephrasings and later edits do not undo a just-made edit;
-    ``editor_nets.ridge.stepwise_edit``)."""
+    ``editor_nets.ridge.stepwise_edit``). With ``repair`` an edit that would break an earlier
+    edit's answer (one the model gives now; ``KeyMemory.answers``) is made again together with the
+    earlier edits it breaks, which then push until they hold again."""
 
     rank: int = 1920
     n_layers: int = 2
@@ -90,6 +92,7 @@ class MendConfig:
     edit_steps: int = 1
     step_scale: float = 1.0
     stop_nll: float | None = None
+    repair: bool = False
 
     def __post_init__(self) -> None:
         if self.input_mode not in INPUT_MODES:
@@ -433,16 +436,20 @@ class MendEditor(nn.Module):
         memory = self.memory if memory is None else memory
         if self.config.aggregation == "ridge":
             systems: dict[str, RidgeSystem] = {}  # the memory is fixed during one edit: factor it once
-            return stepwise_edit(
-                model,
-                tokenizer,
-                records,
-                self.targets,
-                lambda f: self._step(f, memory, systems),
-                self.config.edit_steps,
-                provenance,
-                self.config.stop_nll,
-            )
+
+            def solve(batch: Sequence[Any]) -> EditDelta:
+                step = lambda f: self._step(f, memory, systems)  # noqa: E731
+                return stepwise_edit(model, tokenizer, batch, self.targets, step, self.config.edit_steps, provenance, self.config.stop_nll)  # fmt: skip
+
+            delta = solve(records)
+            broken = broken_answers(model, tokenizer, delta, memory.answers) if self.config.repair else []
+            if broken:  # make it again with the earlier edits it breaks (provenance keeps the asked ones)
+                from edit_data import EditRecord
+
+                again = [EditRecord(prompt=p, target=t) for p, t in (memory.answers[i] for i in broken)]
+                delta = solve([*records, *again])
+                delta.provenance["repaired"] = json.dumps([memory.answers[i] for i in broken])
+            return delta
         kind = self.spec.kind
         batch = edit_batch(
             model, tokenizer, [r.prompt for r in records], [r.target for r in records], kind=kind

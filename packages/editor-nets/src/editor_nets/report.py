@@ -36,6 +36,7 @@ __all__ = [
     "percentile",
     "plot_report",
     "results_table",
+    "sequential_curve",
     "write_report",
 ]
 
@@ -142,12 +143,27 @@ def _bars(ax: Any, methods: Mapping[str, Mapping[str, Any]], metrics: Sequence[s
     ax.legend(fontsize=8)
 
 
+def sequential_curve(lifelong: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The sequential curve to compare from a ``lifelong`` entry: the mean over orders when it was
+    measured in several (``sequential_mean``), else the one order's ``sequential``."""
+    return list(lifelong.get("sequential_mean") or lifelong.get("sequential") or [])
+
+
 def _lifelong(ax: Any, curves: Mapping[str, Mapping[str, Any]], metric: str) -> None:
-    """ES (or DD) after k edits in a row (lines) and after one call with k edits (crosses), log x."""
+    """ES (or DD) after k edits in a row (lines: the mean over orders, shaded between the lowest and
+    highest order when there are several) and after one call with k edits (crosses), log x."""
     for j, (method, curve) in enumerate(curves.items()):
         color = _color(j)
-        seq = [p for p in curve.get("sequential", []) if p.get(metric) is not None]
+        seq = [p for p in sequential_curve(curve) if p.get(metric) is not None]
         ax.plot([p["n_edits"] for p in seq], [p[metric] for p in seq], marker="o", color=color, label=method)
+        if curve.get("orders"):
+            xs = [p["n_edits"] for p in seq]
+            values = [[p[metric] for p in order if p.get(metric) is not None] for order in curve["orders"]]
+            if all(len(v) == len(xs) for v in values):
+                per_point = list(zip(*values, strict=True))
+                ax.fill_between(
+                    xs, [min(v) for v in per_point], [max(v) for v in per_point], color=color, alpha=0.15
+                )
         bat = [p for p in curve.get("batched", []) if p.get(metric) is not None]
         ax.scatter([p["batch_size"] for p in bat], [p[metric] for p in bat], marker="x", s=60, color=color)
     ax.set_xscale("log")
@@ -274,8 +290,8 @@ def results_table(results: Mapping[str, Any]) -> str:
     rows = []
     for name, m in methods.items():
         seq = m.get("sequential") or {}  # the runs-of-k mode, else the lifelong curve's last point
-        if not seq and (m.get("lifelong") or {}).get("sequential"):
-            last = m["lifelong"]["sequential"][-1]
+        if not seq and sequential_curve(m.get("lifelong") or {}):
+            last = sequential_curve(m["lifelong"])[-1]
             seq = {"n_edits": last["n_edits"], "es": last["es_edit"], "dd_locality": last["dd_locality"]}
         values = [m.get(k) for k in TABLE_METRICS] + [
             seq.get("n_edits"),

@@ -18,6 +18,7 @@ after a rollback the protection is exactly that of the edits that remain.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,13 +27,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from editor_nets.delta import EditDelta, LayerDelta, apply_delta
+from editor_nets.delta import EditDelta, LayerDelta, applied, apply_delta
 from editor_nets.models import model_kind, output_projections
 from editor_nets.scoring import edit_batch, score_batch
 from editor_nets.state import WeightSnapshot, restoring
 from graddecomp import Factors, resolve_targets
 
-__all__ = ["KeyMemory", "RidgeEditor", "RidgeSystem", "preserved_moments", "ridge_update"]
+__all__ = ["KeyMemory", "RidgeEditor", "RidgeSystem", "broken_answers", "preserved_moments", "ridge_update"]
 
 
 @torch.no_grad()
@@ -100,20 +101,25 @@ def preserved_moments(
 @dataclass
 class KeyMemory:
     """What a least-squares edit protects, per layer: ``preserved`` ``C_0`` ``[d_in, d_in]`` and
-    ``edits``, the summed ``k k^T`` of the earlier edits' keys; ``n_edits`` counts those edits."""
+    ``edits``, the summed ``k k^T`` of the earlier edits' keys; ``n_edits`` counts those edits and
+    ``answers`` holds their ``(prompt, target)`` pairs (from each delta's ``provenance["records"]``),
+    which an editor with repair keeps answering."""
 
     preserved: dict[str, Tensor] = field(default_factory=dict)
     edits: dict[str, Tensor] = field(default_factory=dict)
     n_edits: int = 0
+    answers: tuple[tuple[str, str], ...] = ()
 
     def with_edit(self, delta: EditDelta) -> KeyMemory:
-        """This memory plus the keys of ``delta`` (a new object; this one is unchanged)."""
+        """This memory plus the keys and answers of ``delta`` (a new object; this one is unchanged)."""
         edits = dict(self.edits)
         for name, layer in delta.layers.items():
             if layer.keys is not None:
                 k = layer.keys.detach().float()
                 edits[name] = edits[name] + k.T @ k if name in edits else k.T @ k
-        return replace(self, edits=edits, n_edits=self.n_edits + 1)
+        made = json.loads(delta.provenance.get("records", "[]"))
+        answers = self.answers + tuple((r["prompt"], r["target"]) for r in made)
+        return replace(self, edits=edits, n_edits=self.n_edits + 1, answers=answers)
 
     def fresh(self) -> KeyMemory:
         """No earlier edits; the preserved statistics stay."""
@@ -217,6 +223,28 @@ def stepwise_edit(
     for n, layer in delta.layers.items():
         layer.keys = steps[0].layers[n].keys
     return delta
+
+
+@torch.no_grad()
+def broken_answers(
+    model: nn.Module,
+    tokenizer: Any,
+    delta: EditDelta,
+    answers: Sequence[tuple[str, str]],
+    batch_size: int = 64,
+) -> list[int]:
+    """The indices of ``answers`` (``(prompt, target)`` pairs) that ``model`` gives now (teacher-forced
+    exact match) and would no longer give with ``delta`` applied; the model is unchanged."""
+    kind = model_kind(model)
+    broken = []
+    for start in range(0, len(answers), batch_size):
+        chunk = answers[start : start + batch_size]
+        batch = edit_batch(model, tokenizer, [p for p, _ in chunk], [t for _, t in chunk], kind=kind)
+        before = score_batch(model, batch, kind=kind).exact
+        with applied(model, delta):
+            after = score_batch(model, batch, kind=kind).exact
+        broken += [start + i for i in torch.nonzero(before & ~after).flatten().tolist()]
+    return broken
 
 
 @dataclass
