@@ -71,10 +71,10 @@ class MendConfig:
     delta~_i u~_i^T``) or ``"ridge"`` (the lifelong editor: value changes ``-alpha delta~_i`` at
     the real keys ``u_i``, solved by ``editor_nets.ridge.ridge_update`` against the editor's key
     memory, with a learned log-ridge, log-weight of the preserved keys and log-weight of the
-    earlier edits' keys per layer, starting at ``ridge_init``, ``gamma_init`` and ``beta_init``). With ridge aggregation an edit can be made in up to
-    ``edit_steps`` steps of ``step_scale`` times the learned update, each on the model as updated
-    so far, stopping once the targets are hit and, with ``stop_nll``, each target's mean token NLL
-    is below it (a margin, so that rephrasings and later edits do not undo a just-made edit;
+    earlier edits' keys per layer, starting at ``ridge_init``, ``gamma_init`` and ``beta_init``).
+    With ridge aggregation an edit can be made in up to ``edit_steps`` steps of ``step_scale``
+    times the learned update, each on the model as updated so far, stopping once the targets are
+    hit and, with ``stop_nll``, each target's mean token NLL is below it (a margin, so that rephrasings and later edits do not undo a just-made edit;
     ``editor_nets.ridge.stepwise_edit``). With ``repair`` an edit that would break an earlier
     edit's answer (one the model gives now; ``KeyMemory.answers``) is made again together with the
     earlier edits it breaks, which then push until they hold again."""
@@ -438,7 +438,9 @@ class MendEditor(nn.Module):
             systems: dict[str, RidgeSystem] = {}  # the memory is fixed during one edit: factor it once
 
             def solve(batch: Sequence[Any]) -> EditDelta:
-                step = lambda f: self._step(f, memory, systems)  # noqa: E731
+                def step(factors: dict[str, Factors]) -> EditDelta:
+                    return self._step(factors, memory, systems)
+
                 return stepwise_edit(model, tokenizer, batch, self.targets, step, self.config.edit_steps, provenance, self.config.stop_nll)  # fmt: skip
 
             delta = solve(records)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from editor_nets.delta import EditDelta, LayerDelta, applied, apply_delta
 from editor_nets.models import model_kind, output_projections
-from editor_nets.scoring import edit_batch, score_batch
+from editor_nets.scoring import edit_batch, score_batch, score_targets
 from editor_nets.state import WeightSnapshot, restoring
 from graddecomp import Factors, resolve_targets
 
@@ -227,24 +227,17 @@ def stepwise_edit(
 
 @torch.no_grad()
 def broken_answers(
-    model: nn.Module,
-    tokenizer: Any,
-    delta: EditDelta,
-    answers: Sequence[tuple[str, str]],
-    batch_size: int = 64,
+    model: nn.Module, tokenizer: Any, delta: EditDelta, answers: Sequence[tuple[str, str]]
 ) -> list[int]:
     """The indices of ``answers`` (``(prompt, target)`` pairs) that ``model`` gives now (teacher-forced
     exact match) and would no longer give with ``delta`` applied; the model is unchanged."""
-    kind = model_kind(model)
-    broken = []
-    for start in range(0, len(answers), batch_size):
-        chunk = answers[start : start + batch_size]
-        batch = edit_batch(model, tokenizer, [p for p, _ in chunk], [t for _, t in chunk], kind=kind)
-        before = score_batch(model, batch, kind=kind).exact
-        with applied(model, delta):
-            after = score_batch(model, batch, kind=kind).exact
-        broken += [start + i for i in torch.nonzero(before & ~after).flatten().tolist()]
-    return broken
+    if not answers:
+        return []
+    prompts, targets = [p for p, _ in answers], [t for _, t in answers]
+    before = score_targets(model, tokenizer, prompts, targets).exact
+    with applied(model, delta):
+        after = score_targets(model, tokenizer, prompts, targets).exact
+    return torch.nonzero(before & ~after).flatten().tolist()
 
 
 @dataclass
