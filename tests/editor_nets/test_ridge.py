@@ -201,6 +201,28 @@ def test_a_stop_nll_edit_goes_on_past_the_first_hit_to_the_margin(trained):
     assert nll_after(first_hit - 0.1) < first_hit - 0.1
 
 
+def test_an_edit_that_runs_out_of_steps_keeps_its_best_steps(trained):
+    """Steps that push past the first hit and then away from it (the margin is out of reach) are
+    dropped: the edit is the steps up to its best point, where the target was hit."""
+    model, tok, world = trained
+    record, layers = _missed(model, tok, world)[0], output_projections(model)
+    rows_to_first_hit, turned = [], []
+
+    def step(factors):
+        if not turned and bool(score_targets(model, tok, [record.prompt], [record.target]).exact[0]):
+            turned.append(True)  # from here on every step pushes the target away
+        delta = _ridge_step(lr=-4.0 if turned else 4.0)(factors)
+        if not turned:
+            rows_to_first_hit.append(len(delta.layers[layers[-1]].u))
+        return delta
+
+    delta = stepwise_edit(model, tok, [record], layers, step, 40, {}, 0.0)  # NLL < 0: never reached
+    assert turned, "the forward steps never hit the target"
+    with applied(model, delta):
+        assert bool(score_targets(model, tok, [record.prompt], [record.target]).exact[0])
+    assert len(delta.layers[layers[-1]].u) == sum(rows_to_first_hit)
+
+
 def test_a_record_that_is_done_stops_pushing_in_a_batch(trained):
     """In a batch, a record whose target is already hit adds nothing to the step: the captured rows
     are those of the other record alone."""

@@ -202,23 +202,33 @@ def stepwise_edit(
     far, take ``step(factors)``, until every target of ``records`` is hit (teacher-forced) with,
     when ``stop_nll`` is given, each target's mean token NLL below it, or after ``max_steps``. A
     record that is done stops pushing: its loss (and so its rows) is left out of the later steps,
-    so a batch's easy edits are not driven on by its hard ones. Returns the steps as one ``EditDelta`` whose keys are those of the first step
-    (the edit as first seen, which later edits protect); the model is unchanged afterwards."""
+    so a batch's easy edits are not driven on by its hard ones. When the steps run out first, the
+    edit is the first steps up to the best point seen (most targets hit, then the lowest summed
+    NLL), so a margin that cannot be reached never leaves a target missed that an earlier step hit.
+    Returns the steps as one ``EditDelta`` whose keys are those of the first step (the edit as
+    first seen, which later edits protect); the model is unchanged afterwards."""
     from editor_nets.mend import edit_factors
 
     kind = model_kind(model)
     batch = edit_batch(model, tokenizer, [r.prompt for r in records], [r.target for r in records], kind=kind)
     steps: list[EditDelta] = []
+    best: tuple[int, float] | None = None  # (targets hit, -summed NLL) of the best prefix of steps
+    n_best = 0
     with restoring(model) as keep:
-        for _ in range(max_steps):
+        while True:
             with torch.no_grad():
                 scores = score_batch(model, batch, kind=kind)
-                done = scores.exact if stop_nll is None else scores.exact & (scores.mean_nll < stop_nll)
-                if bool(done.all()):
-                    break
+            done = scores.exact if stop_nll is None else scores.exact & (scores.mean_nll < stop_nll)
+            rank = (int(scores.exact.sum()), -float(scores.mean_nll.sum()))
+            if steps and (best is None or rank > best):
+                best, n_best = rank, len(steps)
+            if bool(done.all()) or len(steps) >= max_steps:
+                break
             pushing = None if not bool(done.any()) else (~done).float()
             steps.append(step(edit_factors(model, batch, targets, kind=kind, weights=pushing)))
             keep(apply_delta(model, steps[-1]))
+    if steps and not bool(done.all()):
+        steps = steps[:n_best]
     delta = EditDelta.combine(steps, provenance)
     for n, layer in delta.layers.items():
         layer.keys = steps[0].layers[n].keys
