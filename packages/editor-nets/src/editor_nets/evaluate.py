@@ -348,7 +348,7 @@ def lifelong_curves(
                 bar.update(1)
                 if i + 1 in checkpoints:
                     done = order[: i + 1]
-                    point = scored([records[j] for j in done], [pre[j] for j in done], _Tally(failures=list(tally.failures)))  # fmt: skip
+                    point = scored([records[k] for k in done], [pre[k] for k in done], _Tally(failures=list(tally.failures)))  # fmt: skip
                     curve.append({"n_edits": i + 1, **point})
                     bar.set_postfix(es=f"{point['es_edit']:.2f}", dd=f"{point['dd_locality']:.3f}")
         return curve

@@ -74,8 +74,9 @@ class MendConfig:
     earlier edits' keys per layer, starting at ``ridge_init``, ``gamma_init`` and ``beta_init``).
     With ridge aggregation an edit can be made in up to ``edit_steps`` steps of ``step_scale``
     times the learned update, each on the model as updated so far, stopping once the targets are
-    hit and, with ``stop_nll``, each target's mean token NLL is below it (a margin, so that rephrasings and later edits do not undo a just-made edit;
-    ``editor_nets.ridge.stepwise_edit``). With ``repair`` an edit that would break an earlier
+    hit and, with ``stop_nll``, each target's mean token NLL is below it (a margin, so that
+    rephrasings and later edits do not undo a just-made edit; ``editor_nets.ridge.stepwise_edit``,
+    which keeps an edit that runs out of steps at its best point). With ``repair`` an edit that would break an earlier
     edit's answer (one the model gives now; ``KeyMemory.answers``) is made again together with the
     earlier edits it breaks, which then push until they hold again."""
 

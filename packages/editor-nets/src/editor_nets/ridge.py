@@ -19,6 +19,7 @@ after a rollback the protection is exactly that of the edits that remain.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -212,15 +213,14 @@ def stepwise_edit(
     kind = model_kind(model)
     batch = edit_batch(model, tokenizer, [r.prompt for r in records], [r.target for r in records], kind=kind)
     steps: list[EditDelta] = []
-    best: tuple[int, float] | None = None  # (targets hit, -summed NLL) of the best prefix of steps
-    n_best = 0
+    best, n_best = (-1, -math.inf), 0  # (targets hit, -summed NLL) of the best prefix, its length
     with restoring(model) as keep:
         while True:
             with torch.no_grad():
                 scores = score_batch(model, batch, kind=kind)
             done = scores.exact if stop_nll is None else scores.exact & (scores.mean_nll < stop_nll)
             rank = (int(scores.exact.sum()), -float(scores.mean_nll.sum()))
-            if steps and (best is None or rank > best):
+            if steps and rank > best:
                 best, n_best = rank, len(steps)
             if bool(done.all()) or len(steps) >= max_steps:
                 break
