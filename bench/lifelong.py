@@ -3,15 +3,17 @@
     python bench/lifelong.py [--world synthetic iso3166] [--edits 1000] [--out bench/results]
 
 For each dataset the main job runs with a world big enough to hold ``--edits`` held-out edits
-(half the subjects held out), a wider model (4 x 256) pre-trained longer, the default editor
-settings, and an evaluation of LifelongMEND, plain MEND, Ridge, ROME, MEMIT, AlphaEdit and FT
+(70% of the subjects held out), the default model pre-trained proportionally longer, the default
+editor settings, and an evaluation of LifelongMEND, plain MEND, Ridge, ROME, MEMIT, AlphaEdit and FT
 (``--editors`` to choose): single edits, then ES and
 DD after 1, 10, 30, 100, 300, 1,000 edits in a row and batches of 10 and 100. Each run writes the
 job's ``report.json`` / ``report.png`` under ``OUT/lifelong_<world>/``; this script adds
 ``OUT/lifelong.json`` and ``OUT/lifelong.png`` (the sequential curves of every method on every
-dataset) and prints a table. Baselines are measured in the same run: plain MEND, Ridge, the locate-then-edit editors and FT.
-This is hours of CPU on a 2-core machine; ``--edits 200`` gives a smaller version, and
-``--reuse-model`` skips the pre-training (a quarter of the time) when an earlier run of the same
+dataset; a run of one ``--world`` keeps the other worlds an earlier run of the same ``--edits``
+wrote there) and prints a table. Baselines are measured in the same run: plain MEND, Ridge, the locate-then-edit editors and FT.
+With every editor this is hours of CPU on a 2-core machine (``--editors LifelongMEND,MEND``
+is the short version); ``--edits 200`` gives a smaller world, and
+``--reuse-model`` skips the pre-training when an earlier run of the same
 world left its model and data under ``OUT/lifelong_<world>/``.
 """
 
@@ -28,20 +30,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 EDITORS = ("LifelongMEND", "MEND", "Ridge", "ROME", "MEMIT", "AlphaEdit", "FT")
+FRACTIONS = (0.25, 0.05, 0.7)  # train, validation, test subjects
+HELD_OUT = FRACTIONS[2]
 
 
 def config_for(world: str, edits: int, editors: tuple[str, ...] = EDITORS):
+    """The main job's settings on a world with ``edits`` held-out edits: the default model, editors
+    and meta-training, with 70% of the subjects held out (the editors still meta-train on about as
+    many edits as in the default job) and pre-training as many times longer as the world is bigger
+    than the default one, so the model sees each fact as often."""
     from editor_nets.pipeline import EvalConfig, JobConfig
 
     base = JobConfig()
-    # about 2.3 facts per entity (synthetic) and 1.7 per subdivision (iso3166); half held out
-    size = int(edits / 0.5 / (2.3 if world == "synthetic" else 1.7) * 1.15) + 1
+    # about 2.3 facts per entity (synthetic) and 1.7 per subdivision (iso3166); 70% held out
+    size = int(edits / HELD_OUT / (2.3 if world == "synthetic" else 1.7) * 1.15) + 1
+    default_size = base.world.n_entities if world == "synthetic" else base.world.n_subdivisions
     return dataclasses.replace(
         base,
         world=dataclasses.replace(
-            base.world, name=world, n_entities=size, n_subdivisions=size, fractions=(0.4, 0.1, 0.5)
+            base.world, name=world, n_entities=size, n_subdivisions=size, fractions=FRACTIONS
         ),
-        pretrain=dataclasses.replace(base.pretrain, n_embd=256, max_steps=6000),
+        pretrain=dataclasses.replace(
+            base.pretrain, max_steps=round(base.pretrain.max_steps * max(1.0, size / default_size))
+        ),
         eval=EvalConfig(
             editors=editors,
             modes=("single",),
@@ -102,6 +113,10 @@ def main() -> None:
     from editor_nets.report import machine_info
 
     summary: dict = {"machine": machine_info(), "edits": args.edits, "worlds": {}}
+    earlier = args.out / "lifelong.json"
+    if earlier.is_file() and json.loads(earlier.read_text()).get("edits") == args.edits:
+        # one world at a time: keep the other worlds an earlier run of the same size measured
+        summary["worlds"] = json.loads(earlier.read_text())["worlds"]
     for world in args.world:
         start = time.perf_counter()
         run, config = (
