@@ -165,3 +165,52 @@ def test_selection_never_keeps_an_editor_below_the_edit_success_floor(setup, tmp
     summary = meta_train(editor, model, tok, splits["train"], splits["validation"],
                          dataclasses.replace(config, steps=2), tmp_path / "again")  # fmt: skip
     assert summary["best_validation"] == timid
+
+
+def test_sequential_validation_measures_drawdown_and_selection_weighs_it():
+    """With ``n_sequential``, validation also reports the drawdown after each run of edits in a
+    row (locality prompts in scope of another edit of the run left out); the model is restored
+    after each run, and checkpoint selection scores that drawdown as it scores the single-edit one."""
+    from world_models import world_gpt2
+
+    import editor_nets.train as train_module
+
+    model, tok, world = world_gpt2(0)
+    before = param_state(model)
+    records = [r for r in world.records if r.locality][:4]
+    editor = MendEditor.for_model(model, MendConfig(rank=8))
+    weight = model.get_submodule("transformer.h.2.mlp.c_proj").weight
+
+    def noisy_edit(model, tokenizer, edit_records):  # every edit adds large noise to one weight
+        snapshot = {"transformer.h.2.mlp.c_proj.weight": weight.detach().clone()}
+        with torch.no_grad():
+            weight.add_(torch.randn_like(weight) * 3.0)
+        return snapshot
+
+    torch.manual_seed(0)
+    editor.edit = noisy_edit
+    val = validate_editor(editor, model, tok, records, n_sequential=2)
+    assert val["dd_sequential"] > 0.2
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+    editor.edit = lambda model, tokenizer, edit_records: {}  # edits that change nothing
+    assert validate_editor(editor, model, tok, records, n_sequential=2)["dd_sequential"] == 0.0
+
+    # a run whose every locality prompt is in scope of another of its edits has nothing to count
+    first, second = records[:2]
+    covered = [
+        dataclasses.replace(first, locality=[dataclasses.replace(first.locality[0], prompt=second.prompt)]),
+        dataclasses.replace(second, locality=[dataclasses.replace(second.locality[0], prompt=first.prompt)]),
+    ]
+    editor.edit = noisy_edit
+    assert "dd_sequential" not in validate_editor(editor, model, tok, covered, n_sequential=2)
+
+    steady = {
+        "es_edit": 1.0,
+        "es_rephrase": 0.9,
+        "dd_locality": 0.0,
+        "es_sequential": 1.0,
+        "dd_sequential": 0.0,
+    }
+    leaky = dict(steady, dd_sequential=0.05)
+    assert train_module._score(steady) - train_module._score(leaky) == pytest.approx(0.25)

@@ -98,6 +98,13 @@ def in_scope_prompts(records: Sequence[Any]) -> frozenset[str]:
     return frozenset(_normalise(p) for r in records for p in (r.prompt, *r.rephrases))
 
 
+def out_of_scope(examples: Sequence[Any], records: Sequence[Any]) -> list[Any]:
+    """The locality ``examples`` whose prompt is not in scope of any of ``records`` (their edit
+    prompts and rephrasings): what drawdown counts when ``records`` are edited together."""
+    scope = in_scope_prompts(records)
+    return [x for x in examples if _normalise(x.prompt) not in scope]
+
+
 _GROUPS = ("edit", "rephrase", "locality", "hard_locality")
 
 

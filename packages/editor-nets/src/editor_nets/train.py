@@ -27,6 +27,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from editor_nets.delta import EditDelta, LayerDelta, applied, apply_delta, lowrank_edit
+from editor_nets.evaluate import out_of_scope
 from editor_nets.mend import MendEditor, edit_factors
 from editor_nets.scoring import answer_logits, edit_batch, kl_divergence, score_batch
 from editor_nets.state import WeightSnapshot, eval_mode, frozen, restore_weights, restoring
@@ -166,8 +167,10 @@ def validate_editor(
 
     Returns ``es_edit``, ``es_rephrase`` (exact match of the new target), ``loc_acc_pre``,
     ``loc_acc_post`` and ``dd_locality`` (true-answer accuracy before minus after). With
-    ``n_sequential``, also ``es_sequential``: disjoint runs of ``n_sequential`` records, each edited
-    one after another in place (then restored bitwise), edit-prompt success over all of them."""
+    ``n_sequential``, also ``es_sequential`` and ``dd_sequential``: disjoint runs of
+    ``n_sequential`` records, each edited one after another in place (then restored bitwise),
+    edit-prompt success over all of them, and the drawdown over the locality prompts of all of them
+    (those in scope of an edit of the run left out, as in ``editor_nets.evaluate``)."""
     kind = editor.spec.kind
     hits_edit, hits_reph, loc_pre, loc_post = [], [], [], []
     with eval_mode(editor):
@@ -197,8 +200,16 @@ def validate_editor(
             runs = [
                 list(records[i : i + k]) for i in range(0, len(records) - k + 1, k)
             ]  # disjoint, as in evaluation
-            hits = []
+            hits, seq_pre, seq_post = [], [], []
             for run in runs:
+                loc = out_of_scope([x for r in run for x in r.locality], run)
+                loc_batch = (
+                    edit_batch(model, tokenizer, [x.prompt for x in loc], [x.answer for x in loc], kind=kind)
+                    if loc
+                    else None
+                )
+                if loc_batch is not None:
+                    seq_pre.append(score_batch(model, loc_batch, kind=kind).exact)
                 editor.start()
                 with restoring(model) as keep_original:
                     for r in run:
@@ -207,7 +218,11 @@ def validate_editor(
                         model, tokenizer, [r.prompt for r in run], [r.target for r in run], kind=kind
                     )
                     hits.append(score_batch(model, batch, kind=kind).exact)
+                    if loc_batch is not None:
+                        seq_post.append(score_batch(model, loc_batch, kind=kind).exact)
             out["es_sequential"] = _share(hits)
+            if seq_pre:
+                out["dd_sequential"] = _share(seq_pre) - _share(seq_post)
             editor.start()
     return out
 
@@ -236,10 +251,11 @@ ES_EDIT_FLOOR = 0.9
 
 
 def _score(val: dict[str, float]) -> float:
-    """Model selection: in-scope success (and sequential success when measured) minus five times
-    the locality drawdown (a drawdown of 0.02 weighs as much as 0.1 of rephrase success)."""
+    """Model selection: in-scope success minus five times the locality drawdown (a drawdown of 0.02
+    weighs as much as 0.1 of rephrase success), for single edits and, when measured, for edits in a
+    row (where single-edit drawdown is often 0 at every checkpoint and cannot tell them apart)."""
     score = val["es_rephrase"] + 0.5 * val["es_edit"] - 5.0 * max(0.0, val["dd_locality"])
-    return score + 0.5 * val.get("es_sequential", 0.0)
+    return score + 0.5 * val.get("es_sequential", 0.0) - 5.0 * max(0.0, val.get("dd_sequential", 0.0))
 
 
 def _rank(val: dict[str, float]) -> tuple[float, float]:
@@ -475,5 +491,6 @@ def _validate(editor, model, tokenizer, val_set, config, progress: _Progress, ou
         f"[val step {progress.step}] ES edit {val['es_edit']:.3f}  ES rephrase {val['es_rephrase']:.3f}  "
         f"DD {val['dd_locality']:+.3f}"
         + (f"  ES sequential {val['es_sequential']:.3f}" if "es_sequential" in val else "")
+        + (f"  DD sequential {val['dd_sequential']:+.3f}" if "dd_sequential" in val else "")
         + ("  (best)" if improved else "")
     )
