@@ -98,11 +98,10 @@ def in_scope_prompts(records: Sequence[Any]) -> frozenset[str]:
     return frozenset(_normalise(p) for r in records for p in (r.prompt, *r.rephrases))
 
 
-def out_of_scope(examples: Sequence[Any], records: Sequence[Any]) -> list[Any]:
-    """The locality ``examples`` whose prompt is not in scope of any of ``records`` (their edit
-    prompts and rephrasings): what drawdown counts when ``records`` are edited together."""
-    scope = in_scope_prompts(records)
-    return [x for x in examples if _normalise(x.prompt) not in scope]
+def outside_scope(examples: Sequence[Any], scope: frozenset[str]) -> torch.Tensor:
+    """``[len(examples)]`` bool: which locality ``examples`` have a prompt outside ``scope``
+    (:func:`in_scope_prompts` of the edits made together): what drawdown counts."""
+    return torch.tensor([_normalise(x.prompt) not in scope for x in examples], dtype=torch.bool)
 
 
 _GROUPS = ("edit", "rephrase", "locality", "hard_locality")
@@ -182,12 +181,8 @@ class _Tally:
         if len(after.rephrase):
             self.es_rephrase.append(after.rephrase.exact.double().mean().item())
             self.token_acc_rephrase.append(after.rephrase.token_acc.double().mean().item())
-        loc = torch.tensor(
-            [_normalise(x.prompt) not in in_scope for x in before.record.locality], dtype=torch.bool
-        )
-        hard = torch.tensor(
-            [_normalise(x.prompt) not in in_scope for x in before.record.hard_locality], dtype=torch.bool
-        )
+        loc = outside_scope(before.record.locality, in_scope)
+        hard = outside_scope(before.record.hard_locality, in_scope)
         self.loc_before += before.locality.exact[loc].float().tolist()
         self.loc_after += after.locality.exact[loc].float().tolist()
         self.hard_before += before.hard_locality.exact[hard].float().tolist()

@@ -27,7 +27,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from editor_nets.delta import EditDelta, LayerDelta, applied, apply_delta, lowrank_edit
-from editor_nets.evaluate import out_of_scope
+from editor_nets.evaluate import in_scope_prompts, outside_scope
 from editor_nets.mend import MendEditor, edit_factors
 from editor_nets.scoring import answer_logits, edit_batch, kl_divergence, score_batch
 from editor_nets.state import WeightSnapshot, eval_mode, frozen, restore_weights, restoring
@@ -173,15 +173,17 @@ def validate_editor(
     (those in scope of an edit of the run left out, as in ``editor_nets.evaluate``)."""
     kind = editor.spec.kind
     hits_edit, hits_reph, loc_pre, loc_post = [], [], [], []
+    pre_of: dict[int, Tensor] = {}  # record index -> its locality hits before any edit
     with eval_mode(editor):
-        for r in records:
+        for i, r in enumerate(records):
             delta = editor.compute_delta(model, tokenizer, [r])  # as edits are made (in steps, with ridge)
             prompts = [r.prompt, *r.rephrases]
             in_batch = edit_batch(model, tokenizer, prompts, [r.target] * len(prompts), kind=kind)
             loc_p, loc_a = [x.prompt for x in r.locality], [x.answer for x in r.locality]
             loc_batch = edit_batch(model, tokenizer, loc_p, loc_a, kind=kind) if loc_p else None
             if loc_batch is not None:
-                loc_pre.append(score_batch(model, loc_batch, kind=kind).exact)
+                pre_of[i] = score_batch(model, loc_batch, kind=kind).exact
+                loc_pre.append(pre_of[i])
             with applied(model, delta):
                 hit = score_batch(model, in_batch, kind=kind).exact
                 if loc_batch is not None:
@@ -197,19 +199,24 @@ def validate_editor(
         out["dd_locality"] = out["loc_acc_pre"] - out["loc_acc_post"]
         if n_sequential and records:
             k = min(n_sequential, len(records))
-            runs = [
-                list(records[i : i + k]) for i in range(0, len(records) - k + 1, k)
-            ]  # disjoint, as in evaluation
+            starts = range(0, len(records) - k + 1, k)  # disjoint runs, as in evaluation
             hits, seq_pre, seq_post = [], [], []
-            for run in runs:
-                loc = out_of_scope([x for r in run for x in r.locality], run)
+            for start in starts:
+                run = list(records[start : start + k])
+                scope = in_scope_prompts(run)
+                loc, pre = [], []  # the run's locality examples outside its scope, their hits before
+                for i, r in enumerate(run, start):
+                    if r.locality:
+                        keep = outside_scope(r.locality, scope)
+                        loc += [x for x, kept in zip(r.locality, keep.tolist(), strict=True) if kept]
+                        pre.append(pre_of[i][keep])
                 loc_batch = (
                     edit_batch(model, tokenizer, [x.prompt for x in loc], [x.answer for x in loc], kind=kind)
                     if loc
                     else None
                 )
                 if loc_batch is not None:
-                    seq_pre.append(score_batch(model, loc_batch, kind=kind).exact)
+                    seq_pre += pre
                 editor.start()
                 with restoring(model) as keep_original:
                     for r in run:
