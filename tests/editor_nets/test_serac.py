@@ -116,6 +116,33 @@ def test_out_of_scope_queries_keep_the_base_logits_bitwise_and_routing_is_causal
     assert editor.routes([row]) == [None] and len(editor.entries) == 0
 
 
+def test_prefix_embeddings_are_kept_between_forward_passes_and_bounded(learnt, serac, monkeypatch):
+    """A decoding step routes the last step's sequence plus one token: only the new prefix is
+    embedded (the sidecar enters ``attached`` once per step), and the kept embeddings are bounded."""
+    import editor_nets.serac as serac_module
+
+    editor, _, held_out = serac
+    record = _counterfactual(held_out[0], learnt)
+    editor.start()
+    editor.prefix_embeddings.clear()
+    editor.edit(learnt.model, learnt.tokenizer, [record])
+    row = edit_batch(learnt.model, learnt.tokenizer, [record.prompt], [record.target], kind="causal")[
+        "input_ids"
+    ][0].tolist()
+    embedded: list[int] = []
+    real = editor.classifier.embed
+    monkeypatch.setattr(editor.classifier, "embed", lambda texts: embedded.append(len(texts)) or real(texts))
+    first = editor.routes([row])
+    assert sum(embedded) > 1
+    seen = sum(embedded)
+    assert editor.routes([row]) == first and sum(embedded) == seen  # nothing new to embed
+    editor.routes([row + row[-1:]])
+    assert sum(embedded) == seen + 1
+    monkeypatch.setattr(serac_module, "PREFIX_CACHE_SIZE", 3)
+    assert editor.routes([row]) == first and len(editor.prefix_embeddings) == 3
+    editor.start()
+
+
 def test_memory_and_editor_survive_save_and_load(learnt, serac, tmp_path):
     editor, _, held_out = serac
     records = [_counterfactual(r, learnt) for r in held_out[:2]]

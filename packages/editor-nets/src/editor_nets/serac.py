@@ -142,10 +142,21 @@ def _pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+# How many decoded prefixes' classifier embeddings a SERAC editor keeps between forward passes
+# (384 floats each for MiniLM: 6 MB); the oldest go first.
+PREFIX_CACHE_SIZE = 4096
+
+
 @dataclass
 class SeracEditor(MemoryEditor):
     """SERAC over a base causal LM: ``classifier``, ``counterfactual`` (a causal LM sharing the base
-    model's ``tokenizer``), the edit memory ``entries`` and the in-scope probability ``threshold``."""
+    model's ``tokenizer``), the edit memory ``entries`` and the in-scope probability ``threshold``.
+
+    ``prefix_embeddings`` keeps the classifier's embedding of each decoded prefix it has routed
+    (at most :data:`PREFIX_CACHE_SIZE`), across forward passes and ``attached`` blocks: the
+    sidecar enters ``attached`` once per decoding step, and each step's sequence is the last one
+    plus a token, so only the new prefix is embedded. The embeddings depend on the classifier
+    alone (frozen once trained; clear them after changing it), not on the memory."""
 
     classifier: ScopeClassifier
     counterfactual: nn.Module
@@ -153,6 +164,7 @@ class SeracEditor(MemoryEditor):
     threshold: float = 0.5
     entries: EditMemory = field(default_factory=EditMemory)
     name: str = "SERAC"
+    prefix_embeddings: dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def parts(self) -> tuple[nn.Module, ...]:
@@ -169,28 +181,31 @@ class SeracEditor(MemoryEditor):
             keys = self.classifier.embed(list(prompts)).detach().float()
         return EditMemory(prompts, tuple(r.target for r in records), keys)
 
-    def routes(
-        self, rows: Sequence[list[int]], cache: dict[str, Tensor] | None = None
-    ) -> list[tuple[int, int] | None]:
+    def routes(self, rows: Sequence[list[int]]) -> list[tuple[int, int] | None]:
         """Per row of token ids: ``(position, entry)`` of the first prefix ``row[: position + 1]``
-        the classifier puts in scope of some entry (the most probable entry there), or ``None``.
-        ``cache`` maps decoded prefixes to their embeddings across calls."""
-        cache = {} if cache is None else cache
+        the classifier puts in scope of some entry (the most probable entry there), or ``None``."""
         if not len(self.entries):
             return [None] * len(rows)
+        cache = self.prefix_embeddings
         prefixes = [[self.tokenizer.decode(row[: n + 1]) for n in range(len(row))] for row in rows]
-        missing = sorted({p for ps in prefixes for p in ps if p not in cache})
+        needed = {p for ps in prefixes for p in ps}
+        missing = sorted(needed - cache.keys())
         with torch.no_grad(), eval_mode(self.classifier):
+            found = {p: cache[p] for p in needed - set(missing)}
             for i in range(0, len(missing), 256):
                 chunk = missing[i : i + 256]
-                cache.update(zip(chunk, self.classifier.embed(chunk), strict=True))
+                found.update(zip(chunk, self.classifier.embed(chunk), strict=True))
+            for p in missing:  # newest last; the oldest leave once the cache is full
+                cache[p] = found[p]
+            for p in list(cache)[: max(0, len(cache) - PREFIX_CACHE_SIZE)]:
+                del cache[p]
             cut = torch.logit(torch.tensor(self.threshold)).item()
             out: list[tuple[int, int] | None] = []
             for ps in prefixes:
                 if not ps:
                     out.append(None)
                     continue
-                logits = self.classifier.logits(torch.stack([cache[p] for p in ps]), self.entries.keys)
+                logits = self.classifier.logits(torch.stack([found[p] for p in ps]), self.entries.keys)
                 best = logits.max(dim=1)  # over entries, per prefix
                 hits = (best.values > cut).nonzero()
                 out.append((int(hits[0, 0]), int(best.indices[hits[0, 0]])) if len(hits) else None)
@@ -199,8 +214,7 @@ class SeracEditor(MemoryEditor):
     @contextlib.contextmanager
     def attached(self, model: nn.Module) -> Iterator[None]:
         """Inside the block, ``model``'s logits follow the routing rule of the module docstring
-        (a forward hook on the whole model; prefix embeddings are cached for the block)."""
-        cache: dict[str, Tensor] = {}
+        (a forward hook on the whole model)."""
         pad = _pad_id(self.tokenizer)
 
         def route(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
@@ -214,7 +228,7 @@ class SeracEditor(MemoryEditor):
             mask = torch.ones_like(ids) if mask is None else mask
             valid = [m.nonzero().flatten() for m in mask.bool()]
             rows = [ids[b, v].tolist() for b, v in enumerate(valid)]
-            found = [(b, hit) for b, hit in enumerate(self.routes(rows, cache)) if hit is not None]
+            found = [(b, hit) for b, hit in enumerate(self.routes(rows)) if hit is not None]
             if not found:
                 return output
             contexts = [
