@@ -13,6 +13,8 @@ orders (the first the test split's, then shuffles), for:
 * no preserved-key protection (``gamma`` -> 0: the solve no longer holds ordinary keys' outputs);
 * no earlier-edit protection (``beta`` -> 0: earlier edits' keys are not held);
 * no repair (an edit that breaks an earlier edit's answer is not made again with it);
+* no neighbour protection (``neighbours`` -> 0: an edit does not hold its prompt asked of other
+  subjects);
 * no margin (each edit stops at its first hit instead of a mean NLL below ``stop_nll``);
 * one whole learned step instead of up to ``edit_steps`` steps of ``step_scale``.
 
@@ -60,6 +62,7 @@ def variants(editor) -> dict:
         "no preserved-key protection (gamma -> 0)": changed(log_gamma=-30.0),
         "no earlier-edit protection (beta -> 0)": changed(log_beta=-30.0),
         "no repair": changed({"repair": False}),
+        "no neighbour protection": changed({"neighbours": 0}),
         "no margin (stop at the first hit)": changed({"stop_nll": None}),
         "one whole learned step": changed(steps),
     }

@@ -85,7 +85,7 @@ def main() -> None:
             before_edit = answers(c, [r.prompt for r in records], [r.target for r in records], tokenizer)
             ids = []
             for k, r in enumerate(records, 1):
-                ids.append(c.edit(r.prompt, r.target).edit_id)
+                ids.append(c.edit(r.prompt, r.target, subject=r.subject or "").edit_id)
                 if k % 10 == 0 or k == len(records):
                     done = records[:k]
                     got = answers(c, [x.prompt for x in done], [x.target for x in done], tokenizer)

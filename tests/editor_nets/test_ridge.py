@@ -32,9 +32,11 @@ from editor_nets.ridge import (
     RidgeEditor,
     RidgeSystem,
     broken_answers,
+    neighbour_prompts,
     preserved_moments,
     ridge_update,
     stepwise_edit,
+    subject_templates,
 )
 from editor_nets.scoring import edit_batch
 
@@ -350,3 +352,79 @@ def test_an_edit_with_repair_makes_the_answers_it_breaks_again(trained, monkeypa
         assert bool(score_targets(model, tok, [first.prompt, second.prompt], [first.target, second.target]).exact.all())  # fmt: skip
     editor.config.repair = False
     assert "repaired" not in editor.compute_delta(model, tok, [second], memory).provenance
+
+
+def test_neighbour_prompts_ask_an_edit_prompt_of_other_subjects_of_its_template():
+    from edit_data import EditRecord
+
+    train = [
+        EditRecord("Where was Ada born?", "Rome", rephrases=["Ada was born in"], subject="Ada"),
+        EditRecord("Where was Bo born?", "Oslo", subject="Bo"),
+        EditRecord("Where was Cy born?", "Lima", subject="Cy"),
+        EditRecord("Who employs Dee?", "Acme", subject="Dee"),
+        EditRecord("A prompt without its subject", "x", subject="Eve"),
+    ]
+    templates = subject_templates(train)
+    assert templates == {
+        "Where was {subject} born?": ["Ada", "Bo", "Cy"],
+        "{subject} was born in": ["Ada"],
+        "Who employs {subject}?": ["Dee"],
+    }
+    edit = EditRecord("Where was Bo born?", "Kyiv", subject="Bo")
+    asked = neighbour_prompts([edit], templates, 8)
+    assert sorted(asked) == ["Where was Ada born?", "Where was Cy born?"]  # its template's, not its own
+    assert neighbour_prompts([edit], templates, 1) == neighbour_prompts([edit], templates, 1)  # per prompt
+    assert len(neighbour_prompts([edit], templates, 1)) == 1
+    new = EditRecord("Name the birthplace of Bo.", "Kyiv", subject="Bo")  # a template no training edit used
+    assert sorted(neighbour_prompts([new], templates, 8)) == [
+        f"Name the birthplace of {s}." for s in ("Ada", "Cy", "Dee")
+    ]
+    assert neighbour_prompts([EditRecord("Where was Bo born?", "Kyiv")], templates, 8) == []  # no subject
+    assert neighbour_prompts([edit], templates, 0) == [] and neighbour_prompts([edit], {}, 8) == []
+
+
+def test_a_memory_holding_extra_moments_changes_only_that_solves_protection():
+    g = torch.Generator().manual_seed(3)
+    edit = EditDelta(
+        {"l": ridge_update(torch.randn(2, 6, generator=g), torch.randn(2, 4, generator=g), None, 0.1)}
+    )
+    memory = KeyMemory({"l": torch.eye(6)}).with_edit(edit)
+    extra = {"l": (lambda k: k.T @ k)(torch.randn(3, 6, generator=g)), "m": torch.eye(6)}
+    held = memory.holding(extra, 5.0)
+    torch.testing.assert_close(held.edits["l"], memory.edits["l"] + 5.0 * extra["l"])
+    torch.testing.assert_close(held.edits["m"], 5.0 * torch.eye(6))
+    assert "m" not in memory.edits and (held.n_edits, held.answers) == (memory.n_edits, memory.answers)
+
+
+def test_neighbour_protection_keeps_the_neighbours_outputs_unless_the_edit_grows_too_big(trained, tmp_path):
+    model, tok, world = trained
+    config = MendConfig(rank=8, alpha_init=0.5, aggregation="ridge", edit_steps=4, neighbours=6)
+    editor = MendEditor.for_model(model, config)
+    editor.set_preserved(preserved_moments(model, tok, preserved_texts(world.records[40:]), editor.targets))
+    editor.set_subjects(world.records[:40])
+    record = next(r for r in _missed(model, tok, world)[40:] if neighbour_prompts([r], editor.subjects, 6))
+    texts = neighbour_prompts([record], editor.subjects, 6)
+    moments = preserved_moments(model, tok, texts, editor.targets)
+
+    def spill(delta: EditDelta) -> float:  # how far the edit moves the neighbours' layer outputs
+        return sum(
+            float(torch.trace(_dense(x) @ moments[n].double() @ _dense(x).T)) for n, x in delta.layers.items()
+        )
+
+    held = editor.compute_delta(model, tok, [record])
+    editor.config.neighbours = 0
+    plain = editor.compute_delta(model, tok, [record])
+    assert json.loads(held.provenance["neighbours"]) == texts and "neighbours" not in plain.provenance
+    assert spill(held) < 0.5 * spill(plain)
+    # an edit bigger than neighbour_norm_bound times the plain one is made without the protection
+    editor.config.neighbours, editor.config.neighbour_norm_bound = 6, 1e-3
+    fallback = editor.compute_delta(model, tok, [record])
+    assert "neighbours" not in fallback.provenance
+    for n in editor.targets:
+        torch.testing.assert_close(fallback.layers[n].u, plain.layers[n].u)
+    # the subjects are part of the checkpoint
+    editor.save_pretrained(tmp_path)
+    assert MendEditor.from_pretrained(tmp_path, model).subjects == editor.subjects
+    (tmp_path / "subjects.json").write_text('{"Where was {subject} born?": "Ada"}')
+    with pytest.raises(ValueError, match=r"subjects\.json: expected an object of template"):
+        MendEditor.from_pretrained(tmp_path, model)

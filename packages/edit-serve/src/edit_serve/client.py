@@ -69,7 +69,8 @@ class EditClient:
         provenance: Mapping[str, str] | None = None,
     ) -> pb.EditReply:
         """Apply one edit; returns its id, the new weight version and the target's log-probs.
-        ``subject`` (optional) is the entity inside ``prompt`` (ROME, MEMIT, AlphaEdit key on it)."""
+        ``subject`` (optional) is the entity inside ``prompt`` (ROME, MEMIT, AlphaEdit key on it; the
+        lifelong editor asks the prompt of other subjects to protect their answers)."""
         return self.edit_many(
             [EditItem(prompt, target, tuple(rephrases), subject)],
             idempotency_key=idempotency_key,

@@ -31,7 +31,16 @@ from torch import Tensor, nn
 
 from editor_nets.delta import EditDelta, LayerDelta, apply_delta
 from editor_nets.models import default_targets, model_kind, output_projections
-from editor_nets.ridge import KeyMemory, RidgeSystem, broken_answers, ridge_update, stepwise_edit
+from editor_nets.ridge import (
+    KeyMemory,
+    RidgeSystem,
+    broken_answers,
+    neighbour_prompts,
+    preserved_moments,
+    ridge_update,
+    stepwise_edit,
+    subject_templates,
+)
 from editor_nets.scoring import edit_batch, target_nll
 from editor_nets.state import WeightSnapshot, eval_mode, weights_digest
 from graddecomp import Factors, capture, layer_shape, resolve_targets
@@ -54,6 +63,7 @@ INPUT_MODES = ("concat", "u", "delta", "smaller", "separate")
 AGGREGATIONS = ("sum", "ridge")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "editor.safetensors"
+SUBJECTS_NAME = "subjects.json"  # template -> subjects (set_subjects), when the editor has them
 
 
 @dataclass
@@ -78,7 +88,11 @@ class MendConfig:
     rephrasings and later edits do not undo a just-made edit; ``editor_nets.ridge.stepwise_edit``,
     which keeps an edit that runs out of steps at its best point). With ``repair`` an edit that would break an earlier
     edit's answer (one the model gives now; ``KeyMemory.answers``) is made again together with the
-    earlier edits it breaks, which then push until they hold again."""
+    earlier edits it breaks, which then push until they hold again. With ``neighbours`` > 0 each
+    edit is also solved holding the outputs of its prompt asked of that many other subjects
+    (``editor_nets.ridge.neighbour_prompts`` from the editor's ``subjects``; the mean ``k k^T`` of
+    their keys, ``neighbour_weight`` times, beside the earlier edits' keys), and that solve is kept
+    unless its norm exceeds ``neighbour_norm_bound`` times the plain solve's."""
 
     rank: int = 1920
     n_layers: int = 2
@@ -94,6 +108,9 @@ class MendConfig:
     step_scale: float = 1.0
     stop_nll: float | None = None
     repair: bool = False
+    neighbours: int = 0
+    neighbour_weight: float = 100.0
+    neighbour_norm_bound: float = 2.0
 
     def __post_init__(self) -> None:
         if self.input_mode not in INPUT_MODES:
@@ -325,6 +342,7 @@ class MendEditor(nn.Module):
         )
         self.alpha = nn.Parameter(torch.full((len(spec.targets),), float(config.alpha_init)))
         self.memory = KeyMemory()
+        self.subjects: dict[str, list[str]] = {}  # template -> subjects, for neighbour protection
         if config.aggregation == "ridge":
             self.log_ridge = nn.Parameter(torch.full((len(spec.targets),), math.log(config.ridge_init)))
             self.log_gamma = nn.Parameter(torch.full((len(spec.targets),), math.log(config.gamma_init)))
@@ -358,6 +376,11 @@ class MendEditor(nn.Module):
         for i, t in enumerate(self.targets):
             getattr(self, f"preserved_{i}").copy_(moments[t])
         self.start()
+
+    def set_subjects(self, records: Sequence[EditRecord]) -> None:
+        """Store which subjects ``records`` (the training edits) ask with each prompt template: the
+        neighbours an edit's prompt is asked of (``MendConfig.neighbours``). Part of the checkpoint."""
+        self.subjects = subject_templates(records)
 
     def start(self) -> None:
         """Forget earlier edits: a new sequence of edits on the base weights (``memory`` keeps only
@@ -436,22 +459,15 @@ class MendEditor(nn.Module):
         provenance = {"editor": self.name, "base_model": self.spec.base_model, "records": records_json}
         memory = self.memory if memory is None else memory
         if self.config.aggregation == "ridge":
-            systems: dict[str, RidgeSystem] = {}  # the memory is fixed during one edit: factor it once
-
-            def solve(batch: Sequence[Any]) -> EditDelta:
-                def step(factors: dict[str, Factors]) -> EditDelta:
-                    return self._step(factors, memory, systems)
-
-                return stepwise_edit(model, tokenizer, batch, self.targets, step, self.config.edit_steps, provenance, self.config.stop_nll)  # fmt: skip
-
-            delta = solve(records)
-            broken = broken_answers(model, tokenizer, delta, memory.answers) if self.config.repair else []
-            if broken:  # make it again with the earlier edits it breaks (provenance keeps the asked ones)
-                from edit_data import EditRecord
-
-                again = [EditRecord(prompt=p, target=t) for p, t in (memory.answers[i] for i in broken)]
-                delta = solve([*records, *again])
-                delta.provenance["repaired"] = json.dumps([memory.answers[i] for i in broken])
+            delta = self._ridge_edit(model, tokenizer, records, memory, provenance)
+            texts = neighbour_prompts(records, self.subjects, self.config.neighbours)
+            if texts:
+                moments = preserved_moments(model, tokenizer, texts, self.targets)
+                held = memory.holding(moments, self.config.neighbour_weight)
+                protected = self._ridge_edit(model, tokenizer, records, held, dict(provenance))
+                if protected.norm() <= self.config.neighbour_norm_bound * delta.norm():
+                    protected.provenance["neighbours"] = json.dumps(texts)
+                    delta = protected
             return delta
         kind = self.spec.kind
         batch = edit_batch(
@@ -460,6 +476,34 @@ class MendEditor(nn.Module):
         return EditDelta(
             self._step(edit_factors(model, batch, self.targets, kind=kind), memory).layers, provenance
         )
+
+    def _ridge_edit(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        records: Sequence[EditRecord],
+        memory: KeyMemory,
+        provenance: dict[str, str],
+    ) -> EditDelta:
+        """The stepwise ridge edit of ``records`` against ``memory``; with ``repair``, made again
+        together with the earlier edits' answers it would break."""
+        systems: dict[str, RidgeSystem] = {}  # the memory is fixed during one edit: factor it once
+
+        def solve(batch: Sequence[Any]) -> EditDelta:
+            def step(factors: dict[str, Factors]) -> EditDelta:
+                return self._step(factors, memory, systems)
+
+            return stepwise_edit(model, tokenizer, batch, self.targets, step, self.config.edit_steps, provenance, self.config.stop_nll)  # fmt: skip
+
+        delta = solve(records)
+        broken = broken_answers(model, tokenizer, delta, memory.answers) if self.config.repair else []
+        if broken:  # make it again with the earlier edits it breaks (provenance keeps the asked ones)
+            from edit_data import EditRecord
+
+            again = [EditRecord(prompt=p, target=t) for p, t in (memory.answers[i] for i in broken)]
+            delta = solve([*records, *again])
+            delta.provenance["repaired"] = json.dumps([memory.answers[i] for i in broken])
+        return delta
 
     @torch.no_grad()
     def _step(
@@ -497,6 +541,8 @@ class MendEditor(nn.Module):
         (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(path / WEIGHTS_NAME))
+        if self.subjects:
+            (path / SUBJECTS_NAME).write_text(json.dumps(self.subjects, indent=1) + "\n")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, model: nn.Module | None = None) -> MendEditor:
@@ -527,6 +573,19 @@ class MendEditor(nn.Module):
         missing, unexpected = editor.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{weights}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
+        subjects_file = path / SUBJECTS_NAME
+        if subjects_file.is_file():
+            try:
+                subjects = json.loads(subjects_file.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{subjects_file}: invalid JSON at line {err.lineno}: {err.msg}") from err
+            if not isinstance(subjects, dict) or not all(
+                isinstance(v, list) and all(isinstance(x, str) for x in v) for v in subjects.values()
+            ):
+                raise ValueError(
+                    f"{subjects_file}: expected an object of template -> list of subject strings"
+                )
+            editor.subjects = subjects
         editor.eval()
         if model is not None:
             editor.check_fits(model)

@@ -166,10 +166,16 @@ DEFAULT_META = dict(
 # With repair, an edit that would break an earlier edit's answer is made again together with it
 # (the job's editor, same measurement: .836/.765/.035 -> .898/.803/.039). Up to 20 steps, not 10
 # (an edit-time setting; same editor and measurement .922/.839/.030 -> .934/.848/.038; single edits
-# on the real-facts world's validation split ES .956 -> 1.000, DD .054 -> .057).
+# on the real-facts world's validation split ES .956 -> 1.000, DD .054 -> .057). Neighbour
+# protection (an edit-time setting: each edit also holds the outputs of its prompt asked of 32
+# other training subjects, weight 100, unless that solve's norm is over twice the plain one's;
+# bench/lifelong_spill.py shows most remaining drawdown is the new target spilling onto them):
+# same measurement .939/.843/.036 -> .967/.873/.022, and on the real-facts world (4 orders of its
+# 68) .901/.602/.371 -> .915/.686/.292. Weaker or stronger (weight 30, 1000; 4 or 16 subjects)
+# did worse; without the norm bound some draws collapsed one order (edits of norm ~2,000).
 DEFAULT_LIFELONG = dict(
     rank=128, alpha_init=1.0, aggregation="ridge", edit_steps=20, step_scale=0.25, beta_init=30.0, stop_nll=0.5,
-    repair=True,
+    repair=True, neighbours=32, neighbour_weight=100.0, neighbour_norm_bound=2.0,
 )  # fmt: skip
 DEFAULT_LIFELONG_META = dict(
     DEFAULT_META, steps=500, max_prior_edits=0, sequence_length=50, n_keep=4, c_norm=1e-3, val_sequential=30
@@ -305,6 +311,7 @@ def _train_editor(
             model, tokenizer, preserved_texts(splits["train"]), editor.targets, progress=True
         )
         editor.set_preserved(moments)
+        editor.set_subjects(splits["train"])
     say(
         f"{name} editor: {editor.n_parameters():,} parameters for {len(editor.targets)} layers {editor.targets}"
     )

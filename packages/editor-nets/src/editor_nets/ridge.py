@@ -14,13 +14,20 @@ outputs, MEMIT). The update has rank at most ``n`` and is stored as factors: ``u
 ``KeyMemory`` is that protection as explicit data: ``C_0`` per layer and the keys' second moment
 of the edits made so far. It is rebuilt from the active edits' stored keys (``KeyMemory.of``), so
 after a rollback the protection is exactly that of the edits that remain.
+
+Neighbour protection: an edit's new target spills most onto the same question asked of other
+subjects. ``neighbour_prompts`` asks an edit's prompt of other subjects (those the training edits
+asked with the same template, from ``subject_templates``), and ``KeyMemory.holding`` adds the
+mean ``k k^T`` of their keys to the protection of that one edit.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+import random
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,7 +41,18 @@ from editor_nets.scoring import edit_batch, score_batch, score_targets
 from editor_nets.state import WeightSnapshot, restoring
 from graddecomp import Factors, resolve_targets
 
-__all__ = ["KeyMemory", "RidgeEditor", "RidgeSystem", "broken_answers", "preserved_moments", "ridge_update"]
+__all__ = [
+    "KeyMemory",
+    "RidgeEditor",
+    "RidgeSystem",
+    "broken_answers",
+    "neighbour_prompts",
+    "preserved_moments",
+    "ridge_update",
+    "subject_templates",
+]
+
+SUBJECT = "{subject}"  # where the subject stands in a template
 
 
 @torch.no_grad()
@@ -122,6 +140,15 @@ class KeyMemory:
         answers = self.answers + tuple((r["prompt"], r["target"]) for r in made)
         return replace(self, edits=edits, n_edits=self.n_edits + 1, answers=answers)
 
+    def holding(self, moments: Mapping[str, Tensor], weight: float) -> KeyMemory:
+        """This memory with ``weight * moments`` (per layer ``[d_in, d_in]``, e.g. the neighbour
+        prompts' ``preserved_moments``) added to the earlier edits' keys, for one edit's solve
+        (a new object; counts and answers unchanged)."""
+        edits = dict(self.edits)
+        for name, m in moments.items():
+            edits[name] = edits[name] + weight * m if name in edits else weight * m
+        return replace(self, edits=edits)
+
     def fresh(self) -> KeyMemory:
         """No earlier edits; the preserved statistics stay."""
         return KeyMemory(self.preserved)
@@ -145,6 +172,42 @@ class KeyMemory:
         if name in self.preserved:
             parts.append(gamma * self.preserved[name].to(device))
         return sum(parts[1:], parts[0]) if parts else None
+
+
+def _template(prompt: str, subject: str | None) -> str | None:
+    """``prompt`` with its ``subject`` replaced by ``SUBJECT`` (``None`` when it does not name it)."""
+    if not subject or subject not in prompt:
+        return None
+    return prompt.replace(subject, SUBJECT)
+
+
+def subject_templates(records: Iterable[Any]) -> dict[str, list[str]]:
+    """Template -> the subjects asked with it, over the prompts and rephrasings of ``records``
+    (records without a subject in a prompt add nothing); sorted, so the result is deterministic."""
+    out: dict[str, set[str]] = {}
+    for r in records:
+        for p in (r.prompt, *r.rephrases):
+            t = _template(p, r.subject)
+            if t is not None:
+                out.setdefault(t, set()).add(r.subject)
+    return {t: sorted(s) for t, s in sorted(out.items())}
+
+
+def neighbour_prompts(records: Sequence[Any], templates: Mapping[str, Sequence[str]], k: int) -> list[str]:
+    """Each record's prompt asked of up to ``k`` other subjects: those ``templates`` lists for its
+    template, or every subject it lists when the template is new. Drawn with a generator seeded by
+    the prompt, so the same edit gets the same neighbours. Records whose subject is unknown or not
+    in the prompt get none."""
+    everyone = sorted({s for names in templates.values() for s in names})
+    out = []
+    for r in records:
+        t = _template(r.prompt, getattr(r, "subject", None))
+        if t is None or k <= 0:
+            continue
+        pool = [s for s in templates.get(t) or everyone if s != r.subject]
+        rng = random.Random(zlib.crc32(r.prompt.encode()))
+        out += [t.replace(SUBJECT, s) for s in rng.sample(pool, min(k, len(pool)))]
+    return out
 
 
 @dataclass(frozen=True)
