@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from editor_nets.delta import EditDelta, LayerDelta, apply_delta
+from editor_nets.delta import EditDelta, LayerDelta, applied, apply_delta
 from editor_nets.models import default_targets, model_kind, output_projections
 from editor_nets.ridge import (
     KeyMemory,
@@ -41,7 +41,7 @@ from editor_nets.ridge import (
     stepwise_edit,
     subject_templates,
 )
-from editor_nets.scoring import edit_batch, target_nll
+from editor_nets.scoring import edit_batch, score_targets, target_nll
 from editor_nets.state import WeightSnapshot, eval_mode, weights_digest
 from graddecomp import Factors, capture, layer_shape, resolve_targets
 
@@ -92,7 +92,7 @@ class MendConfig:
     edit is also solved holding the outputs of its prompt asked of that many other subjects
     (``editor_nets.ridge.neighbour_prompts`` from the editor's ``subjects``; the mean ``k k^T`` of
     their keys, ``neighbour_weight`` times, beside the earlier edits' keys), and that solve is kept
-    unless its norm exceeds ``neighbour_norm_bound`` times the plain solve's."""
+    unless its norm exceeds ``neighbour_norm_bound`` times the plain solve's or it hits fewer targets."""
 
     rank: int = 1920
     n_layers: int = 2
@@ -465,7 +465,8 @@ class MendEditor(nn.Module):
                 moments = preserved_moments(model, tokenizer, texts, self.targets)
                 held = memory.holding(moments, self.config.neighbour_weight)
                 protected = self._ridge_edit(model, tokenizer, records, held, dict(provenance))
-                if protected.norm() <= self.config.neighbour_norm_bound * delta.norm():
+                bounded = protected.norm() <= self.config.neighbour_norm_bound * delta.norm()
+                if bounded and self._hits(model, tokenizer, records, protected) >= self._hits(model, tokenizer, records, delta):  # fmt: skip
                     protected.provenance["neighbours"] = json.dumps(texts)
                     delta = protected
             return delta
@@ -476,6 +477,12 @@ class MendEditor(nn.Module):
         return EditDelta(
             self._step(edit_factors(model, batch, self.targets, kind=kind), memory).layers, provenance
         )
+
+    def _hits(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord], delta: EditDelta) -> int:
+        """How many of ``records``' targets the model gives (teacher-forced) with ``delta`` applied."""
+        prompts, targets = [r.prompt for r in records], [r.target for r in records]
+        with applied(model, delta):
+            return int(score_targets(model, tokenizer, prompts, targets, kind=self.spec.kind).exact.sum())
 
     def _ridge_edit(
         self,
