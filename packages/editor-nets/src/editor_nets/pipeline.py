@@ -168,11 +168,12 @@ DEFAULT_META = dict(
 # (an edit-time setting; same editor and measurement .922/.839/.030 -> .934/.848/.038; single edits
 # on the real-facts world's validation split ES .956 -> 1.000, DD .054 -> .057). Neighbour
 # protection (an edit-time setting: each edit also holds the outputs of its prompt asked of 32
-# other training subjects, weight 100, unless that solve's norm is over twice the plain one's;
-# bench/lifelong_spill.py shows most remaining drawdown is the new target spilling onto them):
-# same measurement .939/.843/.036 -> .967/.873/.022, and on the real-facts world (4 orders of its
-# 68) .901/.602/.371 -> .915/.686/.292. Weaker or stronger (weight 30, 1000; 4 or 16 subjects)
-# did worse; without the norm bound some draws collapsed one order (edits of norm ~2,000).
+# other training subjects, weight 100, unless that solve's norm is over twice the plain one's or
+# it hits fewer targets; bench/lifelong_spill.py shows most remaining drawdown is the new target
+# spilling onto them): same measurement .939/.843/.036 -> .971/.874/.024, and on the real-facts
+# world (4 orders of its 68) .901/.602/.371 -> .926/.672/.268. Weaker or stronger (weight 30,
+# 1000; 4 or 16 subjects) did worse; without the norm bound some draws collapsed one order (edits
+# of norm ~2,000).
 DEFAULT_LIFELONG = dict(
     rank=128, alpha_init=1.0, aggregation="ridge", edit_steps=20, step_scale=0.25, beta_init=30.0, stop_nll=0.5,
     repair=True, neighbours=32, neighbour_weight=100.0, neighbour_norm_bound=2.0,
