@@ -95,10 +95,9 @@ def main() -> None:
         raise SystemExit(
             f"{args.run / args.editor} edits a {kind} model; this benchmark decodes answers of causal models"
         )
-    keep = outside_scope([x for r in records for x in r.locality], in_scope_prompts(records))
-    examples = [
-        x for x, kept in zip([x for r in records for x in r.locality], keep.tolist(), strict=True) if kept
-    ]
+    locality = [x for r in records for x in r.locality]
+    keep = outside_scope(locality, in_scope_prompts(records))
+    examples = [x for x, kept in zip(locality, keep.tolist(), strict=True) if kept]
 
     def hits() -> torch.Tensor:
         scores = score_targets(

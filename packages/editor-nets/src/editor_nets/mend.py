@@ -450,7 +450,8 @@ class MendEditor(nn.Module):
         self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord], memory: KeyMemory | None = None
     ) -> EditDelta:
         """One edit (batched when ``len(records) > 1``) for ``records``, solved against ``memory``
-        (default ``self.memory``) with ridge aggregation; the model is unchanged."""
+        (default ``self.memory``) with ridge aggregation, and again holding the neighbour prompts
+        when ``config.neighbours`` > 0 (see :class:`MendConfig`); the model is unchanged."""
         if not records:
             raise ValueError("compute_delta needs at least one record")
         records_json = json.dumps(

@@ -131,14 +131,11 @@ class KeyMemory:
 
     def with_edit(self, delta: EditDelta) -> KeyMemory:
         """This memory plus the keys and answers of ``delta`` (a new object; this one is unchanged)."""
-        edits = dict(self.edits)
-        for name, layer in delta.layers.items():
-            if layer.keys is not None:
-                k = layer.keys.detach().float()
-                edits[name] = edits[name] + k.T @ k if name in edits else k.T @ k
+        keys = {n: x.keys.detach().float() for n, x in delta.layers.items() if x.keys is not None}
         made = json.loads(delta.provenance.get("records", "[]"))
         answers = self.answers + tuple((r["prompt"], r["target"]) for r in made)
-        return replace(self, edits=edits, n_edits=self.n_edits + 1, answers=answers)
+        held = self.holding({n: k.T @ k for n, k in keys.items()}, 1.0)
+        return replace(held, n_edits=self.n_edits + 1, answers=answers)
 
     def holding(self, moments: Mapping[str, Tensor], weight: float) -> KeyMemory:
         """This memory with ``weight * moments`` (per layer ``[d_in, d_in]``, e.g. the neighbour
