@@ -32,6 +32,8 @@ from editor_nets.ridge import (
     RidgeEditor,
     RidgeSystem,
     broken_answers,
+    held_rows,
+    layer_inputs,
     neighbour_prompts,
     preserved_moments,
     ridge_update,
@@ -428,3 +430,68 @@ def test_neighbour_protection_keeps_the_neighbours_outputs_unless_the_edit_grows
     (tmp_path / "subjects.json").write_text('{"Where was {subject} born?": "Ada"}')
     with pytest.raises(ValueError, match=r"subjects\.json: expected an object of template"):
         MendEditor.from_pretrained(tmp_path, model)
+
+
+def test_held_rows_carry_the_keys_second_moment_in_fewer_rows():
+    g = torch.Generator().manual_seed(4)
+    shared = torch.randn(3, 10, generator=g)  # a template's tokens before the subject: the same keys
+    keys = torch.cat([shared, shared, torch.randn(4, 10, generator=g), shared])
+    rows = held_rows(keys, 3.0)
+    assert rows.shape == (7, 10)  # the keys' rank, not their number
+    torch.testing.assert_close(rows.T @ rows, 3.0 * keys.T @ keys / len(keys), rtol=1e-4, atol=1e-5)
+    assert torch.equal(rows, held_rows(keys, 3.0))
+    many = torch.cat([keys] * 3)  # more keys than their width: through K^T K, still the rank
+    tall = held_rows(many, 3.0)
+    assert tall.shape == (7, 10)
+    torch.testing.assert_close(tall.T @ tall, 3.0 * many.T @ many / len(many), rtol=1e-4, atol=1e-5)
+
+
+def test_layer_inputs_are_the_tokens_preserved_moments_averages(trained):
+    model, tok, world = trained
+    texts = [r.prompt for r in world.records[:5]]
+    targets = output_projections(model)[:2]
+    keys = layer_inputs(model, tok, texts, targets, batch_size=2)
+    moments = preserved_moments(model, tok, texts, targets, batch_size=3)
+    n_tokens = sum(len(tok(t)["input_ids"]) for t in texts)
+    for name in targets:
+        assert keys[name].shape[0] == n_tokens
+        torch.testing.assert_close(keys[name].T @ keys[name] / n_tokens, moments[name], rtol=1e-4, atol=1e-5)
+
+
+def test_pooled_neighbours_are_where_the_plain_edit_spills_and_later_edits_hold_them(trained):
+    model, tok, world = trained
+    config = MendConfig(
+        rank=8, alpha_init=0.5, aggregation="ridge", edit_steps=4, neighbours=3, neighbour_pool=12
+    )
+    editor = MendEditor.for_model(model, config)
+    editor.set_preserved(preserved_moments(model, tok, preserved_texts(world.records[40:]), editor.targets))
+    editor.set_subjects(world.records[:40])
+    record = next(
+        r for r in _missed(model, tok, world)[40:] if len(neighbour_prompts([r], editor.subjects, 12)) > 3
+    )
+    pool = neighbour_prompts([record], editor.subjects, 12)
+    plain = editor._ridge_edit(model, tok, [record], editor.memory, {})
+    targets = [record.target] * len(pool)
+    before = score_targets(model, tok, pool, targets).mean_nll
+    with applied(model, plain):
+        drop = before - score_targets(model, tok, pool, targets).mean_nll
+    picked = editor._neighbours(model, tok, [record], plain)
+    assert len(picked) == 3 and set(picked) <= set(pool)
+    assert min(drop[pool.index(p)] for p in picked) >= max(
+        drop[i] for i, p in enumerate(pool) if p not in picked
+    )
+    # with neighbour_memory the held neighbours' keys join the edit's keys, scaled, for later edits
+    delta = editor.compute_delta(model, tok, [record])
+    editor.config.neighbour_memory = 2.0
+    kept = editor.compute_delta(model, tok, [record])
+    neighbours = layer_inputs(model, tok, picked, editor.targets)
+    for n in editor.targets:
+        own = delta.layers[n].keys
+        assert torch.equal(kept.layers[n].keys[: len(own)], own)
+        extra = kept.layers[n].keys[len(own) :]
+        torch.testing.assert_close(
+            extra.T @ extra, 2.0 * neighbours[n].T @ neighbours[n] / len(neighbours[n]), rtol=1e-4, atol=1e-5
+        )
+    memory = KeyMemory.of([kept])
+    for n in editor.targets:
+        torch.testing.assert_close(memory.edits[n], kept.layers[n].keys.T @ kept.layers[n].keys)

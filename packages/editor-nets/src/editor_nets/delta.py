@@ -40,8 +40,9 @@ class LayerDelta:
     During meta-training the factors and ``alpha`` (a 0-d tensor then) carry gradients.
 
     ``keys`` ``[n, d_in]`` (optional) are the layer inputs a least-squares edit was solved for
-    (``editor_nets.ridge``): later edits protect them, and a rollback recomputes the protection
-    of the edits that remain from them."""
+    (``editor_nets.ridge``), followed, with ``MendConfig.neighbour_memory``, by rows standing for
+    the neighbour prompts it held (``editor_nets.ridge.held_rows``): later edits protect them
+    (their ``k k^T``), and a rollback recomputes the protection of the edits that remain from them."""
 
     u: Tensor
     delta: Tensor

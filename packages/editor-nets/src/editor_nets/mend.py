@@ -35,13 +35,14 @@ from editor_nets.ridge import (
     KeyMemory,
     RidgeSystem,
     broken_answers,
+    held_rows,
+    layer_inputs,
     neighbour_prompts,
-    preserved_moments,
     ridge_update,
     stepwise_edit,
     subject_templates,
 )
-from editor_nets.scoring import edit_batch, score_targets, target_nll
+from editor_nets.scoring import TargetScores, edit_batch, score_targets, target_nll
 from editor_nets.state import WeightSnapshot, eval_mode, weights_digest
 from graddecomp import Factors, capture, layer_shape, resolve_targets
 
@@ -92,7 +93,11 @@ class MendConfig:
     edit is also solved holding the outputs of its prompt asked of that many other subjects
     (``editor_nets.ridge.neighbour_prompts`` from the editor's ``subjects``; the mean ``k k^T`` of
     their keys, ``neighbour_weight`` times, beside the earlier edits' keys), and that solve is kept
-    unless its norm exceeds ``neighbour_norm_bound`` times the plain solve's or it hits fewer targets."""
+    unless its norm exceeds ``neighbour_norm_bound`` times the plain solve's or it hits fewer targets.
+    With ``neighbour_pool`` > ``neighbours`` the neighbours are the ``neighbours`` of that many drawn
+    whose new-target NLL the plain solve lowers most (where it would spill); with
+    ``neighbour_memory`` > 0 their keys (``editor_nets.ridge.held_rows``: ``neighbour_memory`` times
+    their mean ``k k^T``) join the edit's own keys, so that later edits hold them too."""
 
     rank: int = 1920
     n_layers: int = 2
@@ -111,6 +116,8 @@ class MendConfig:
     neighbours: int = 0
     neighbour_weight: float = 100.0
     neighbour_norm_bound: float = 2.0
+    neighbour_pool: int = 0
+    neighbour_memory: float = 0.0
 
     def __post_init__(self) -> None:
         if self.input_mode not in INPUT_MODES:
@@ -461,15 +468,21 @@ class MendEditor(nn.Module):
         memory = self.memory if memory is None else memory
         if self.config.aggregation == "ridge":
             delta = self._ridge_edit(model, tokenizer, records, memory, provenance)
-            texts = neighbour_prompts(records, self.subjects, self.config.neighbours)
+            texts = self._neighbours(model, tokenizer, records, delta)
             if texts:
-                moments = preserved_moments(model, tokenizer, texts, self.targets)
-                held = memory.holding(moments, self.config.neighbour_weight)
+                keys = layer_inputs(model, tokenizer, texts, self.targets)
+                held = memory.holding(
+                    {n: k.T @ k / len(k) for n, k in keys.items()}, self.config.neighbour_weight
+                )
                 protected = self._ridge_edit(model, tokenizer, records, held, dict(provenance))
                 bounded = protected.norm() <= self.config.neighbour_norm_bound * delta.norm()
                 if bounded and self._hits(model, tokenizer, records, protected) >= self._hits(model, tokenizer, records, delta):  # fmt: skip
                     protected.provenance["neighbours"] = json.dumps(texts)
                     delta = protected
+                if self.config.neighbour_memory > 0:  # later edits hold them too: they join the keys
+                    for name, layer in delta.layers.items():
+                        rows = held_rows(keys[name], self.config.neighbour_memory).to(layer.keys)
+                        layer.keys = torch.cat([layer.keys, rows])
             return delta
         kind = self.spec.kind
         batch = edit_batch(
@@ -479,11 +492,43 @@ class MendEditor(nn.Module):
             self._step(edit_factors(model, batch, self.targets, kind=kind), memory).layers, provenance
         )
 
+    def _neighbours(
+        self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord], delta: EditDelta
+    ) -> list[str]:
+        """The neighbour prompts ``records`` hold: ``config.neighbours`` per record, drawn at random,
+        or with ``config.neighbour_pool`` the ones among that many whose new-target NLL the plain
+        edit ``delta`` lowers most (where it would spill)."""
+        k, pool = self.config.neighbours, self.config.neighbour_pool
+        if pool <= k:
+            return neighbour_prompts(records, self.subjects, k)
+        drawn = [neighbour_prompts([r], self.subjects, pool) for r in records]
+        prompts = [p for texts in drawn for p in texts]
+        targets = [r.target for r, texts in zip(records, drawn, strict=True) for _ in texts]
+        if not prompts:
+            return []
+        drop = self._scores(model, tokenizer, prompts, targets).mean_nll
+        drop -= self._scores(model, tokenizer, prompts, targets, delta).mean_nll
+        out = []
+        for texts, lowered in zip(drawn, drop.split([len(t) for t in drawn]), strict=True):
+            out += [texts[i] for i in lowered.topk(min(k, len(texts))).indices.tolist()]
+        return out
+
+    def _scores(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        delta: EditDelta | None = None,
+    ) -> TargetScores:
+        """Teacher-forced scores of ``targets`` after ``prompts``, with ``delta`` applied when given."""
+        with applied(model, *([delta] if delta is not None else [])):
+            return score_targets(model, tokenizer, prompts, targets, kind=self.spec.kind, batch_size=128)
+
     def _hits(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord], delta: EditDelta) -> int:
         """How many of ``records``' targets the model gives (teacher-forced) with ``delta`` applied."""
         prompts, targets = [r.prompt for r in records], [r.target for r in records]
-        with applied(model, delta):
-            return int(score_targets(model, tokenizer, prompts, targets, kind=self.spec.kind).exact.sum())
+        return int(self._scores(model, tokenizer, prompts, targets, delta).exact.sum())
 
     def _ridge_edit(
         self,

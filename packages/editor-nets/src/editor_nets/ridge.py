@@ -18,7 +18,9 @@ after a rollback the protection is exactly that of the edits that remain.
 Neighbour protection: an edit's new target spills most onto the same question asked of other
 subjects. ``neighbour_prompts`` asks an edit's prompt of other subjects (those the training edits
 asked with the same template, from ``subject_templates``), and ``KeyMemory.holding`` adds the
-mean ``k k^T`` of their keys to the protection of that one edit.
+mean ``k k^T`` of their keys to the protection of that one edit. ``layer_inputs`` gives those keys;
+``held_rows`` turns them into a few rows with the same second moment, which an edit can carry
+beside its own keys so that later edits (and a memory rebuilt after a rollback) hold them too.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import json
 import math
 import random
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,6 +48,8 @@ __all__ = [
     "RidgeEditor",
     "RidgeSystem",
     "broken_answers",
+    "held_rows",
+    "layer_inputs",
     "neighbour_prompts",
     "preserved_moments",
     "ridge_update",
@@ -56,33 +60,31 @@ SUBJECT = "{subject}"  # where the subject stands in a template
 
 
 @torch.no_grad()
-def preserved_moments(
+def _layer_inputs(
     model: nn.Module,
     tokenizer: Any,
     texts: Sequence[str],
     layers: Sequence[str],
-    *,
-    batch_size: int = 32,
-    progress: bool = False,
-) -> dict[str, Tensor]:
-    """``C_0`` per layer: the mean ``k k^T`` ``[d_in, d_in]`` (float32, on the layer's device) of the
-    layer's inputs over every real token of ``texts`` (tokenised like prompts, padding left out).
+    batch_size: int,
+    progress: bool,
+) -> Iterator[dict[str, Tensor]]:
+    """Per batch of ``texts``, each layer's inputs ``[tokens, d_in]`` (float32) at every real token
+    (tokenised like prompts, padding left out).
 
     Encoder-decoder models read each text twice: as the encoder's input and, shifted right after
     the decoder's start token, as the decoder's input (teacher forcing on the same text), so decoder
-    layers are protected on ordinary decoder inputs too."""
+    layers see ordinary decoder inputs too."""
     from edit_data import encode_prompt
 
     modules = resolve_targets(model, list(layers))
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     in_decoder = {id(m) for m in model.get_decoder().modules()} if seq2seq else set()
-    sums: dict[str, Tensor] = {}
-    count, mask_now = 0, {}
+    found: dict[str, Tensor] = {}
+    mask_now: dict[str, Tensor] = {}
 
     def hook(name: str, side: str):
         def record(module: nn.Module, args: tuple, output: Tensor) -> None:
-            x = args[0][mask_now[side]].float()  # [tokens, d_in]
-            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+            found[name] = args[0][mask_now[side]].float()
 
         return record
 
@@ -110,11 +112,60 @@ def preserved_moments(
                 mask_now["decoder"] = torch.cat([torch.ones_like(mask[:, :1]), mask[:, :-1]], 1).to(device)
                 inputs["decoder_attention_mask"] = mask_now["decoder"].long()
             model(**inputs)
-            count += int(mask.sum())
+            yield dict(found)
     finally:
         for h in handles:
             h.remove()
+
+
+def preserved_moments(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    layers: Sequence[str],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """``C_0`` per layer: the mean ``k k^T`` ``[d_in, d_in]`` (float32, on the layer's device) of the
+    layer's inputs over every real token of ``texts`` (see ``layer_inputs``; encoder-decoder models
+    count the encoder's tokens)."""
+    sums: dict[str, Tensor] = {}
+    count = 0
+    for batch in _layer_inputs(model, tokenizer, texts, layers, batch_size, progress):
+        for name, x in batch.items():
+            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+        count += len(next(iter(batch.values()))) if batch else 0
     return {n: s / max(1, count) for n, s in sums.items()}
+
+
+def layer_inputs(
+    model: nn.Module, tokenizer: Any, texts: Sequence[str], layers: Sequence[str], *, batch_size: int = 32
+) -> dict[str, Tensor]:
+    """Each layer's inputs ``[tokens, d_in]`` (float32) at every real token of ``texts``, in order."""
+    parts: dict[str, list[Tensor]] = {}
+    for batch in _layer_inputs(model, tokenizer, texts, layers, batch_size, False):
+        for name, x in batch.items():
+            parts.setdefault(name, []).append(x)
+    return {n: torch.cat(xs) for n, xs in parts.items()}
+
+
+def held_rows(keys: Tensor, weight: float, tol: float = 1e-10) -> Tensor:
+    """Rows ``H`` ``[r, d_in]`` with ``H^T H = weight * mean(k k^T)`` over ``keys`` ``[m, d_in]`` (to
+    float rounding), ``r`` the keys' rank: prompts that share a template share the keys of the
+    tokens before the subject, so ``r`` is well below ``m``. Computed through ``K K^T`` or
+    ``K^T K``, whichever is smaller (a batch of edits holds many keys). Only directions whose share of the
+    largest eigenvalue of ``K K^T`` is below ``tol`` are left out; the weak ones must stay, since
+    they are where an edit's subject-specific change lives."""
+    k = keys.double()
+    scale = math.sqrt(weight / len(k))
+    if len(k) <= k.shape[1]:  # through K K^T [m, m]: rows v^T K
+        eigvals, eigvecs = torch.linalg.eigh(k @ k.T)  # ascending
+        kept = eigvals > tol * eigvals[-1].clamp(min=1e-300)
+        return (scale * eigvecs[:, kept].T @ k).float()
+    eigvals, eigvecs = torch.linalg.eigh(k.T @ k)  # through K^T K [d_in, d_in]: rows sqrt(l) v^T
+    kept = eigvals > tol * eigvals[-1].clamp(min=1e-300)
+    return (scale * eigvals[kept].sqrt()[:, None] * eigvecs[:, kept].T).float()
 
 
 @dataclass
