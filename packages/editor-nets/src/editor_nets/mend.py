@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from editor_nets.delta import EditDelta, LayerDelta, applied, apply_delta
+from editor_nets.delta import EditDelta, LayerDelta, apply_delta
 from editor_nets.models import default_targets, model_kind, output_projections
 from editor_nets.ridge import (
     KeyMemory,
@@ -39,10 +39,11 @@ from editor_nets.ridge import (
     layer_inputs,
     neighbour_prompts,
     ridge_update,
+    scores_with,
     stepwise_edit,
     subject_templates,
 )
-from editor_nets.scoring import TargetScores, edit_batch, score_targets, target_nll
+from editor_nets.scoring import edit_batch, target_nll
 from editor_nets.state import WeightSnapshot, eval_mode, weights_digest
 from graddecomp import Factors, capture, layer_shape, resolve_targets
 
@@ -506,29 +507,22 @@ class MendEditor(nn.Module):
         targets = [r.target for r, texts in zip(records, drawn, strict=True) for _ in texts]
         if not prompts:
             return []
-        drop = self._scores(model, tokenizer, prompts, targets).mean_nll
-        drop -= self._scores(model, tokenizer, prompts, targets, delta).mean_nll
+        options = {"kind": self.spec.kind, "batch_size": 128}
+        drop = scores_with(model, tokenizer, prompts, targets, **options).mean_nll
+        drop -= scores_with(model, tokenizer, prompts, targets, delta, **options).mean_nll
         out = []
         for texts, lowered in zip(drawn, drop.split([len(t) for t in drawn]), strict=True):
             out += [texts[i] for i in lowered.topk(min(k, len(texts))).indices.tolist()]
         return out
 
-    def _scores(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        prompts: Sequence[str],
-        targets: Sequence[str],
-        delta: EditDelta | None = None,
-    ) -> TargetScores:
-        """Teacher-forced scores of ``targets`` after ``prompts``, with ``delta`` applied when given."""
-        with applied(model, *([delta] if delta is not None else [])):
-            return score_targets(model, tokenizer, prompts, targets, kind=self.spec.kind, batch_size=128)
-
     def _hits(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord], delta: EditDelta) -> int:
         """How many of ``records``' targets the model gives (teacher-forced) with ``delta`` applied."""
         prompts, targets = [r.prompt for r in records], [r.target for r in records]
-        return int(self._scores(model, tokenizer, prompts, targets, delta).exact.sum())
+        return int(
+            scores_with(
+                model, tokenizer, prompts, targets, delta, kind=self.spec.kind, batch_size=128
+            ).exact.sum()
+        )
 
     def _ridge_edit(
         self,

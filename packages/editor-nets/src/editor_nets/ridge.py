@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from editor_nets.delta import EditDelta, LayerDelta, applied, apply_delta
 from editor_nets.models import model_kind, output_projections
-from editor_nets.scoring import edit_batch, score_batch, score_targets
+from editor_nets.scoring import TargetScores, edit_batch, score_batch, score_targets
 from editor_nets.state import WeightSnapshot, restoring
 from graddecomp import Factors, resolve_targets
 
@@ -53,6 +53,7 @@ __all__ = [
     "neighbour_prompts",
     "preserved_moments",
     "ridge_update",
+    "scores_with",
     "subject_templates",
 ]
 
@@ -355,10 +356,23 @@ def broken_answers(
     if not answers:
         return []
     prompts, targets = [p for p, _ in answers], [t for _, t in answers]
-    before = score_targets(model, tokenizer, prompts, targets).exact
-    with applied(model, delta):
-        after = score_targets(model, tokenizer, prompts, targets).exact
+    before = scores_with(model, tokenizer, prompts, targets).exact
+    after = scores_with(model, tokenizer, prompts, targets, delta).exact
     return torch.nonzero(before & ~after).flatten().tolist()
+
+
+def scores_with(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    delta: EditDelta | None = None,
+    **options: Any,
+) -> TargetScores:
+    """``score_targets`` of ``targets`` after ``prompts`` (``options``: its ``kind``, ``batch_size``),
+    with ``delta`` applied for the call when given; the model is unchanged."""
+    with applied(model, *([delta] if delta is not None else [])):
+        return score_targets(model, tokenizer, prompts, targets, **options)
 
 
 @dataclass
