@@ -138,6 +138,12 @@ def test_eval_command(quick_run, tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     lifelong = json.loads((tmp_path / "report.json").read_text())["methods"]["LifelongMEND"]["lifelong"]
     assert [p["n_edits"] for p in lifelong["sequential"]] == [1, 2]
+    # an edit-time setting changed without retraining; a structural one is refused by name
+    args = ["--editor", str(out / "lifelong"), "--data", str(out / "data"), "--modes", "single"]
+    result = runner.invoke(eval_app, [*args, "--set", "edit_steps=1", "--set", "repair=false"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    result = runner.invoke(eval_app, [*args, "--set", "rank=4"])
+    assert result.exit_code == 2 and "rank=4" in result.output and "neighbour_memory" in result.output
     assert [p["batch_size"] for p in lifelong["batched"]] == [2]
     # three orders of the same edits: the split's first, their mean per checkpoint
     orders = lifelong["orders"]

@@ -207,3 +207,17 @@ def test_bad_config_is_named(tmp_path):
         MendEditor.from_pretrained(tmp_path / "editor")
     with pytest.raises(ValueError, match="input_mode"):
         MendEditor.for_model(model, MendConfig(input_mode="both"))
+
+
+def test_edit_time_settings_replace_only_edit_time_fields():
+    from editor_nets.mend import with_settings
+
+    base = MendConfig(aggregation="ridge", neighbours=16, neighbour_memory=3.0, stop_nll=0.5, repair=True)
+    got = with_settings(base, ["neighbour_memory=0", "stop_nll=none", "repair=false", " edit_steps = 5"])
+    assert (got.neighbour_memory, got.stop_nll, got.repair, got.edit_steps) == (0.0, None, False, 5)
+    assert (got.neighbours, got.aggregation) == (16, "ridge") and base.neighbour_memory == 3.0
+    assert with_settings(MendConfig(), ["stop_nll=0.25"]).stop_nll == 0.25
+    for bad, says in (("rank=8", "rank=8"), ("neighbours", "NAME=VALUE"), ("neighbours=1.5", "int"),
+                      ("repair=maybe", "true or false"), ("step_scale=big", "float")):  # fmt: skip
+        with pytest.raises(ValueError, match=says):
+            with_settings(base, [bad])

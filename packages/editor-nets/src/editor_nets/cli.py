@@ -22,6 +22,7 @@ from pathlib import Path
 
 import typer
 
+from editor_nets.mend import EDIT_TIME_SETTINGS, with_settings
 from editor_nets.models import load_model
 
 __all__ = ["apply_app", "eval_app", "plan_app", "trace_app", "train_app"]
@@ -217,9 +218,16 @@ def evaluate(
     stats_samples: int = typer.Option(
         None, help="Texts of the corpus the key statistics use (default: all)."
     ),
+    settings: list[str] = typer.Option(
+        [],
+        "--set",
+        help="An edit-time setting of the trained editor, NAME=VALUE (repeatable), e.g. neighbour_memory=0; "
+        "names: " + ", ".join(EDIT_TIME_SETTINGS) + ".",
+    ),
 ) -> None:
     """Evaluate a trained editor and the other named editors: ES, drawdown, latency in the chosen
-    modes, and with ``--lifelong`` / ``--lifelong-batches`` the lifelong curves."""
+    modes, and with ``--lifelong`` / ``--lifelong-batches`` the lifelong curves. ``--set`` changes
+    how the trained editor edits (not its networks), to measure a setting without retraining."""
     from edit_data import load_saved
     from editor_nets.baselines import EditorSetup, build_editors
     from editor_nets.evaluate import evaluate_editors
@@ -227,8 +235,14 @@ def evaluate(
 
     if editor is None and model is None:
         raise _fail("give --editor (a trained editor) or --model (for editors without training)")
+    if settings and editor is None:
+        raise _fail("--set changes a trained editor's edit-time settings; give --editor")
     if editor is not None:
         mend, net, tokenizer = _editor_and_model(editor, model)
+        try:
+            mend.config = with_settings(mend.config, settings)
+        except ValueError as err:
+            raise _fail(str(err)) from None
     else:
         mend = None
         try:
@@ -270,7 +284,8 @@ def evaluate(
         raise _fail(str(err).strip("'\"")) from None
     typer.echo(results_table(results))
     if out is not None:
-        paths = write_report(results, out, title=f"{editor or model} on {data}:{split}")
+        title = f"{editor or model} on {data}:{split}" + "".join(f" --set {s}" for s in settings)
+        paths = write_report(results, out, title=title)
         typer.echo(f"report: {paths['json']}, {paths['png']}")
 
 

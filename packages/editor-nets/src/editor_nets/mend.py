@@ -21,7 +21,7 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from edit_data import EditRecord
 
 __all__ = [
+    "EDIT_TIME_SETTINGS",
     "INPUT_MODES",
     "MendConfig",
     "MendEditor",
@@ -59,6 +60,7 @@ __all__ = [
     "RunningNorm",
     "ShapeEditor",
     "edit_factors",
+    "with_settings",
 ]
 
 INPUT_MODES = ("concat", "u", "delta", "smaller", "separate")
@@ -66,6 +68,11 @@ AGGREGATIONS = ("sum", "ridge")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "editor.safetensors"
 SUBJECTS_NAME = "subjects.json"  # template -> subjects (set_subjects), when the editor has them
+# MendConfig fields that only act at edit time: a trained editor can be evaluated with others
+EDIT_TIME_SETTINGS = (
+    "edit_steps", "step_scale", "stop_nll", "repair", "neighbours", "neighbour_weight",
+    "neighbour_norm_bound", "neighbour_pool", "neighbour_memory",
+)  # fmt: skip
 
 
 @dataclass
@@ -129,6 +136,35 @@ class MendConfig:
             raise ValueError(
                 f"rank must be >= 1 and n_layers >= 0, got rank={self.rank}, n_layers={self.n_layers}"
             )
+
+
+def with_settings(config: MendConfig, settings: Sequence[str]) -> MendConfig:
+    """``config`` with edit-time settings replaced from ``"name=value"`` strings (e.g.
+    ``"neighbour_memory=0"``, ``"stop_nll=none"``, ``"repair=false"``); only
+    ``EDIT_TIME_SETTINGS``, since the others shape the trained networks. A malformed string, an
+    unknown or structural name or a value of the wrong type raises ``ValueError`` naming it."""
+    changes: dict[str, Any] = {}
+    for item in settings:
+        name, sep, text = item.partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or name not in EDIT_TIME_SETTINGS:
+            raise ValueError(
+                f"setting {item!r}: expected NAME=VALUE with NAME one of {', '.join(EDIT_TIME_SETTINGS)}"
+            )
+        current = getattr(config, name)
+        try:
+            if text.lower() == "none" and name == "stop_nll":
+                changes[name] = None
+            elif isinstance(current, bool):
+                changes[name] = {"true": True, "false": False}[text.lower()]
+            elif isinstance(current, int):
+                changes[name] = int(text)
+            else:
+                changes[name] = float(text)
+        except (KeyError, ValueError):
+            kind = "true or false" if isinstance(current, bool) else type(current or 0.0).__name__
+            raise ValueError(f"setting {item!r}: {name} takes {kind}, got {text!r}") from None
+    return replace(config, **changes)
 
 
 @dataclass
