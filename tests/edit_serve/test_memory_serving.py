@@ -38,9 +38,14 @@ def layout(tmp_path_factory):
 
 
 def _edits(world) -> list:
-    """Three records asking for another record's answer."""
-    records = world.records[:3]
-    return [dataclasses.replace(r, target=world.records[i + 5].original) for i, r in enumerate(records)]
+    """Three records, each asking for a different other answer (two edits of one template with one
+    target reach each other's prompts, so rolling one back would leave its answer served)."""
+    edits: list = []
+    answers = iter(dict.fromkeys(r.original for r in world.records[5:]))
+    for record in world.records[:3]:
+        target = next(a for a in answers if a != record.original)
+        edits.append(dataclasses.replace(record, target=target))
+    return edits
 
 
 def _library_greedy(service, prompt: str, n: int) -> str:
