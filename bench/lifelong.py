@@ -1,6 +1,6 @@
 """Lifelong editing at scale: 1,000 held-out edits one after another on each built-in dataset.
 
-    python bench/lifelong.py [--world synthetic iso3166] [--edits 1000] [--n-inner N] [--out bench/results]
+    python bench/lifelong.py [--world synthetic iso3166] [--edits 1000] [--out bench/results]
 
 For each dataset the main job runs with a world big enough to hold ``--edits`` held-out edits
 (70% of the subjects held out), the default model pre-trained proportionally longer, the default
@@ -34,12 +34,11 @@ FRACTIONS = (0.25, 0.05, 0.7)  # train, validation, test subjects
 HELD_OUT = FRACTIONS[2]
 
 
-def config_for(world: str, edits: int, editors: tuple[str, ...] = EDITORS, n_inner: int | None = None):
-    """The main job's settings on a world with ``edits`` held-out edits: the default model (with an
-    MLP ``n_inner`` wide when given), editors and meta-training, with 70% of the subjects held out
-    (the editors still meta-train on about as many edits as in the default job) and pre-training as
-    many times longer as the world is bigger than the default one, so the model sees each fact as
-    often."""
+def config_for(world: str, edits: int, editors: tuple[str, ...] = EDITORS):
+    """The main job's settings on a world with ``edits`` held-out edits: the default model, editors
+    and meta-training, with 70% of the subjects held out (the editors still meta-train on about as
+    many edits as in the default job) and pre-training as many times longer as the world is bigger
+    than the default one, so the model sees each fact as often."""
     from editor_nets.pipeline import EvalConfig, JobConfig
 
     base = JobConfig()
@@ -52,9 +51,7 @@ def config_for(world: str, edits: int, editors: tuple[str, ...] = EDITORS, n_inn
             base.world, name=world, n_entities=size, n_subdivisions=size, fractions=FRACTIONS
         ),
         pretrain=dataclasses.replace(
-            base.pretrain,
-            max_steps=round(base.pretrain.max_steps * max(1.0, size / default_size)),
-            n_inner=n_inner or base.pretrain.n_inner,
+            base.pretrain, max_steps=round(base.pretrain.max_steps * max(1.0, size / default_size))
         ),
         eval=EvalConfig(
             editors=editors,
@@ -109,13 +106,6 @@ def main() -> None:
     parser.add_argument("--editors", default=",".join(EDITORS), help="comma-separated registered editors")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument(
-        "--n-inner",
-        type=int,
-        default=None,
-        help="MLP width of the model (default: the main job's, 4 x its width); the edited layers' keys"
-        " live in this space, so a wider MLP leaves a long sequence of edits more room",
-    )
-    parser.add_argument(
         "--reuse-model", action="store_true", help="reuse OUT/lifelong_<world>/model and data when present"
     )
     args = parser.parse_args()
@@ -131,7 +121,7 @@ def main() -> None:
         start = time.perf_counter()
         run, config = (
             args.out / f"lifelong_{world}",
-            config_for(world, args.edits, tuple(args.editors.split(",")), args.n_inner),
+            config_for(world, args.edits, tuple(args.editors.split(","))),
         )
         if args.reuse_model and (run / "model" / "config.json").is_file() and (run / "data").is_dir():
             report = job_on_saved(run, config)
