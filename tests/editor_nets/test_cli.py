@@ -158,11 +158,16 @@ def test_eval_command(quick_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_second_run_into_the_same_directory_replaces_the_first(quick_run, monkeypatch):
-    """metrics.jsonl holds one run's rows (it was appended to before), and the report is written once."""
+def test_a_second_run_into_the_same_directory_replaces_the_first(quick_run, monkeypatch, tmp_path):
+    """metrics.jsonl holds one run's rows (it was appended to before), and the report is written once.
+    The second run, into a copy (the other tests read the first), trains MEND alone (quicker); its
+    rows are the first run's pre-training and MEND rows."""
+    import shutil
+
     import editor_nets.pipeline as pipeline
 
-    out, _ = quick_run
+    out = tmp_path / "run"
+    shutil.copytree(quick_run[0], out)
 
     def rows():  # as a multiset: editors trained in parallel workers interleave their rows
         return Counter(
@@ -173,10 +178,13 @@ def test_a_second_run_into_the_same_directory_replaces_the_first(quick_run, monk
     writes = []
     real = pipeline.write_report
     monkeypatch.setattr(pipeline, "write_report", lambda *a, **k: writes.append(a[1]) or real(*a, **k))
-    result = runner.invoke(train_app, ["--quick", "--out", str(out)])
+    cfg = tmp_path / "mend.json"
+    cfg.write_text(json.dumps({"eval": {"editors": ["MEND"]}}))
+    result = runner.invoke(train_app, ["--quick", "--config", str(cfg), "--out", str(out)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert writes == [out.resolve()]
-    assert rows() == first  # the second run's rows only, not appended to the first's
+    kept = Counter({k: n for k, n in first.items() if k[0] == "pretrain" or k[0].startswith("MEND/")})
+    assert kept and rows() == kept  # the second run's rows only, not appended to the first's
 
 
 @pytest.mark.slow
@@ -225,9 +233,11 @@ def test_a_failing_editor_is_reported_and_the_others_still_measured(tmp_path, mo
 @pytest.mark.slow
 def test_the_main_job_can_pretrain_a_llama(tmp_path):
     """``pretrain.architecture = "llama"`` (grouped-query attention here): the job pre-trains a
-    Llama with a BOS-adding tokenizer, edits its gated MLPs and the report says which model."""
+    Llama with a BOS-adding tokenizer, edits its gated MLPs and the report says which model. MEND
+    alone: every editor on a Llama is ``tests/test_families.py``'s."""
     cfg = tmp_path / "llama.json"
-    cfg.write_text(json.dumps({"pretrain": {"architecture": "llama", "n_head": 2, "n_kv_head": 1}}))
+    pretrain = {"architecture": "llama", "n_head": 2, "n_kv_head": 1}
+    cfg.write_text(json.dumps({"pretrain": pretrain, "eval": {"editors": ["MEND"]}}))
     result = runner.invoke(train_app, ["--quick", "--config", str(cfg), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output + repr(result.exception)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
